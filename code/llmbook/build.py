@@ -1,0 +1,270 @@
+"""Build the book: stage the sources, execute the chapters with papermill, render HTML and PDF, check the PDF.
+
+Usage (the Makefile calls these; run ``python -m llmbook.build --help``)::
+
+    python -m llmbook.build --profile cpu execute   # run every chapter into the stage (only those that changed)
+    python -m llmbook.build --profile cpu html pdf  # render the staged, executed book
+    python -m llmbook.build --profile cpu check     # the PDF exists, has every chapter title, no missing glyph
+
+The stage is ``_build/<profile>/stage``: a copy of ``_config.yml``, ``_toc.yml`` and ``book/``, a link to ``code/``
+(so that ``literalinclude`` reaches the package source) and the executed chapters. A chapter is re-executed
+only when its notebook, the package source or the profile changed: the executed copy records a key that hashes
+all three. Papermill writes its output as it goes, so execution goes to a temporary file that is renamed into
+place only on success; an interrupted or failing run never leaves a copy that looks finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from llmbook.paths import PACKAGE_DIR, REPO_ROOT
+from llmbook.profiles import PROFILES, get_profile
+
+MATHJAX_FILE = "tex-svg-full.js"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _root() -> Path:
+    if REPO_ROOT is None:
+        raise BuildError("the book builds from a checkout of the repository (pip install -e .), not an installed copy")
+    return REPO_ROOT
+
+
+def stage_dir(profile: str) -> Path:
+    return _root() / "_build" / profile / "stage"
+
+
+def chapter_sources() -> list[Path]:
+    return sorted((_root() / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+
+def package_digest() -> str:
+    """Hash of every source file of the package: a change anywhere re-executes the chapters."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.name == "build.py":  # the build itself does not change what a chapter computes
+            continue
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def execution_key(notebook: Path, profile: str, package: str) -> str:
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(package.encode())
+    digest.update(profile.encode())
+    return digest.hexdigest()
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def mathjax_source() -> Path:
+    """MathJax 3, served with the HTML so that maths renders offline (fetched by ``make setup`` from npm)."""
+    path = _root() / ".venv" / "share" / "mathjax" / MATHJAX_FILE
+    env = os.environ.get("LLMBOOK_MATHJAX")
+    path = Path(env) if env else path
+    if not path.is_file():
+        raise BuildError(f"MathJax not found at {path}; run `make setup` (it runs `npm pack mathjax@3.2.2`) "
+                         "or set LLMBOOK_MATHJAX to a local tex-svg-full.js")
+    return path
+
+
+def prepare_stage(profile: str) -> Path:
+    """Refresh the stage's copies of the book sources (executed chapters are kept)."""
+    root, stage = _root(), stage_dir(profile)
+    (stage / "chapters").mkdir(parents=True, exist_ok=True)
+    for leftover in (stage / "chapters").glob(".*.partial.ipynb"):  # from a run killed mid-chapter
+        leftover.unlink()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, stage / name)
+    _copy_tree(root / "book", stage / "book")
+    link = stage / "code"
+    if not link.is_symlink():
+        if link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(root / "code", target_is_directory=True)
+    return stage
+
+
+def _tag_parameter_cells(notebook) -> None:
+    """Hide the parameters cells in the rendered book; they stay in the notebook for papermill and nbval."""
+    for cell in notebook.cells:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+
+
+def execute_chapter(source: Path, profile: str, package: str, *, force: bool = False) -> tuple[str, float]:
+    """Execute one chapter into the stage unless its executed copy is up to date. Returns (status, seconds)."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    target = stage_dir(profile) / "chapters" / source.name
+    key = execution_key(source, profile, package)
+    if target.is_file() and not force:
+        existing = nbformat.read(target, as_version=4)
+        if existing.metadata.get("llmbook", {}).get("key") == key:
+            return "up to date", 0.0
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".partial.ipynb", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source), str(tmp), parameters={"profile": profile}, cwd=str(source.parent),
+            kernel_name="python3", progress_bar=False, log_output=False,
+        )
+        seconds = time.perf_counter() - start
+        executed = nbformat.read(tmp, as_version=4)
+        _tag_parameter_cells(executed)
+        executed.metadata["llmbook"] = {"key": key, "profile": profile, "seconds": round(seconds, 1)}
+        nbformat.write(executed, tmp)
+        tmp.replace(target)
+    except PapermillExecutionError as exc:
+        raise BuildError(f"{source.relative_to(_root())} failed in cell {exc.cell_index} "
+                         f"(execution count {exc.exec_count}): {exc.ename}: {exc.evalue}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return "executed", seconds
+
+
+def execute(profile: str, *, force: bool = False) -> None:
+    prepare_stage(profile)
+    package = package_digest()
+    sources = chapter_sources()
+    if not sources:
+        raise BuildError("no chapters found (chapters/NN_name.ipynb)")
+    stale = {p.name for p in (stage_dir(profile) / "chapters").glob("*.ipynb")} - {p.name for p in sources}
+    for name in stale:  # a chapter renamed or deleted in the sources
+        (stage_dir(profile) / "chapters" / name).unlink()
+    total = 0.0
+    for source in sources:
+        print(f"[{profile}] {source.name}: executing ...", flush=True)
+        status, seconds = execute_chapter(source, profile, package, force=force)
+        total += seconds
+        print(f"[{profile}] {source.name}: {status}" + (f" in {seconds:.1f} s" if seconds else ""), flush=True)
+    print(f"[{profile}] chapters executed in {total:.1f} s")
+
+
+def _jupyter_book(stage: Path, builder: str) -> None:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    command = [str(exe), "build", str(stage), "--builder", builder, "--all", "--warningiserror", "--keep-going"]
+    result = subprocess.run(command, cwd=stage, text=True, capture_output=True)
+    if result.returncode != 0:
+        print(result.stdout[-20000:])
+        print(result.stderr[-20000:], file=sys.stderr)
+        raise BuildError(f"jupyter-book {builder} build failed (exit {result.returncode}); the log is above")
+
+
+def html(profile: str) -> Path:
+    stage = prepare_stage(profile)
+    static = stage / "book" / "_static" / "mathjax"
+    static.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(mathjax_source(), static / MATHJAX_FILE)
+    _jupyter_book(stage, "html")
+    index = stage / "_build" / "html" / "index.html"
+    print(f"HTML: {index}")
+    return index
+
+
+def pdf_path(profile: str) -> Path:
+    return stage_dir(profile) / "_build" / "latex" / "llmbook.pdf"
+
+
+def pdf(profile: str) -> Path:
+    if shutil.which("xelatex") is None:
+        raise BuildError("xelatex is not installed; run `make tex` as root, or see README.md for the Debian packages")
+    stage = prepare_stage(profile)
+    _jupyter_book(stage, "pdflatex")
+    path = pdf_path(profile)
+    if not path.is_file():
+        raise BuildError(f"the LaTeX build finished but {path} is missing")
+    print(f"PDF: {path}")
+    return path
+
+
+def chapter_titles() -> list[str]:
+    """The first ``# `` heading of every chapter notebook."""
+    import nbformat
+
+    titles = []
+    for source in chapter_sources():
+        notebook = nbformat.read(source, as_version=4)
+        for cell in notebook.cells:
+            match = re.search(r"^# (.+)$", cell.source, flags=re.M) if cell.cell_type == "markdown" else None
+            if match:
+                titles.append(match.group(1).strip())
+                break
+        else:
+            raise BuildError(f"{source.name} has no '# Title' heading")
+    return titles
+
+
+def check_pdf(profile: str) -> None:
+    """The PDF exists, every chapter title is in its text, and LaTeX reported no missing glyph."""
+    path = pdf_path(profile)
+    if not path.is_file():
+        raise BuildError(f"no PDF at {path}; build it first (python -m llmbook.build pdf)")
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    flat = re.sub(r"\s+", " ", text)
+    missing = [title for title in chapter_titles() if re.sub(r"\s+", " ", title) not in flat]
+    log = path.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
+    glyphs = sorted(set(re.findall(r"Missing character: There is no (.+?) in font", log)))
+    pages = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+    page_count = re.search(r"Pages:\s+(\d+)", pages).group(1)
+    problems = []
+    if missing:
+        problems.append(f"chapter titles not found in the PDF text: {missing}")
+    if glyphs:
+        problems.append(f"LaTeX reported missing characters: {glyphs}")
+    if problems:
+        raise BuildError("; ".join(problems))
+    print(f"PDF check passed: {path} ({page_count} pages, all {len(chapter_titles())} chapter titles, no missing glyphs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmbook.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("steps", nargs="+", choices=["execute", "html", "pdf", "check", "all"])
+    parser.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)}")
+    parser.add_argument("--force", action="store_true", help="re-execute every chapter")
+    args = parser.parse_args(argv)
+    try:
+        get_profile(args.profile)
+        steps = ["execute", "html", "pdf", "check"] if "all" in args.steps else args.steps
+        for step in steps:
+            if step == "execute":
+                execute(args.profile, force=args.force)
+            elif step == "html":
+                html(args.profile)
+            elif step == "pdf":
+                pdf(args.profile)
+            elif step == "check":
+                check_pdf(args.profile)
+    except (BuildError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; executed chapters so far are kept, partial ones were discarded", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

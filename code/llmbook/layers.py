@@ -1,0 +1,249 @@
+"""The pieces a transformer block is made of, other than attention: norms, MLPs, positional encodings.
+
+Chapter 4 builds a GPT from these parts; :mod:`llmbook.attention` (Chapter 3) supplies the attention layer and
+:mod:`llmbook.model` assembles everything. Each piece is written from its defining equation, and the tests check
+it against the PyTorch module that does the same job (``torch.nn.LayerNorm``, ``torch.nn.RMSNorm``) or against
+an independent formulation (RoPE as complex multiplication).
+
+Shapes: ``B`` batch, ``T`` sequence length, ``C`` model width (``d_model``), ``H`` heads, ``D`` head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+# ----------------------------------------------------------------------------------------------------------------
+# Normalisation
+
+
+class LayerNorm(nn.Module):
+    """Layer normalisation (Ba et al., 2016), as in GPT-2. Chapter 4 explains.
+
+    Each position's vector is shifted to zero mean and scaled to unit variance over its ``C`` features, then
+    given a learned per-feature gain and (optionally) bias:
+
+        y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
+
+    The statistics are computed in at least float32 so the layer behaves the same when the model runs in
+    bfloat16. ``var`` is the biased (divide by ``C``) variance, as in the paper and ``torch.nn.LayerNorm``.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
+        mean = xf.mean(dim=-1, keepdim=True)  # (B, T, 1)
+        var = xf.var(dim=-1, keepdim=True, unbiased=False)  # (B, T, 1)
+        x_hat = (xf - mean) * torch.rsqrt(var + self.eps)  # (B, T, C), zero mean and unit variance
+        y = x_hat.type_as(x) * self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation (Zhang and Sennrich, 2019), as in Llama. Chapter 4 explains.
+
+    LayerNorm without the mean: the vector is divided by its root mean square and given a learned gain,
+
+        y = x / sqrt(mean(x^2) + eps) * weight
+
+    one reduction instead of two and no bias. Re-centring turned out not to matter for transformers, and
+    dropping it saves time.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
+        rms_inv = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (B, T, 1)
+        return (xf * rms_inv).type_as(x) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feed-forward networks
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,  # exact GELU; GPT-2 used the tanh approximation, which differs by < 1e-3
+}
+GATED_ACTIVATIONS = {
+    "swiglu": F.silu,  # SiLU(x) = x * sigmoid(x), a.k.a. Swish with beta = 1
+    "geglu": F.gelu,
+}
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network of GPT-2: expand, nonlinearity, project back. Chapter 4.
+
+        MLP(x) = act(x W_fc + b_fc) W_proj + b_proj,   W_fc: (C, d_ff),  W_proj: (d_ff, C)
+
+    ``proj`` writes into the residual stream, so :class:`llmbook.model.GPT` gives it the scaled initialisation.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", *, bias: bool = True) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r} for MLP; choose one of {sorted(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[activation]
+        self.fc = nn.Linear(d_model, d_ff, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.act(self.fc(x)))  # (B, T, C) via (B, T, d_ff)
+
+
+class GatedMLP(nn.Module):
+    """A gated linear unit feed-forward network (Shazeer, 2020): SwiGLU in Llama. Chapter 4 explains.
+
+        GatedMLP(x) = (act(x W_gate) * (x W_up)) W_proj
+
+    One branch decides, per hidden unit, how much of the other passes. There are three matrices instead of
+    two, so models built with it use a hidden width of about 2/3 of the plain MLP's to keep the parameter
+    count (see :attr:`llmbook.model.GPTConfig.d_ff`). ``W_gate`` and ``W_up`` are stored as one ``(C, 2 d_ff)``
+    matrix so the two products are one matrix multiply.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", *, bias: bool = False) -> None:
+        super().__init__()
+        if activation not in GATED_ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r} for GatedMLP; choose one of {sorted(GATED_ACTIVATIONS)}"
+            )
+        self.act = GATED_ACTIVATIONS[activation]
+        self.fc = nn.Linear(d_model, 2 * d_ff, bias=bias)  # [W_gate | W_up]
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.fc(x).chunk(2, dim=-1)  # (B, T, d_ff) each
+        return self.proj(self.act(gate) * up)  # (B, T, C)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Positional encodings
+
+
+def _check_positions(start: int, seq_len: int, max_len: int) -> None:
+    if start < 0 or start + seq_len > max_len:
+        raise ValueError(
+            f"positions {start}..{start + seq_len - 1} are outside the model's context of {max_len} positions; "
+            f"crop the input to its last {max_len} tokens (llmbook.generate does this) or build the model "
+            "with a larger block_size"
+        )
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """A trained vector per position, added to the token embedding (GPT-1, GPT-2, BERT). Chapter 4.
+
+    Simple and flexible, but it knows nothing about positions past ``max_len``: they were never trained.
+    """
+
+    def __init__(self, max_len: int, dim: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.weight = nn.Parameter(torch.zeros(max_len, dim))
+
+    def forward(self, seq_len: int, start: int = 0) -> Tensor:
+        _check_positions(start, seq_len, self.max_len)
+        return self.weight[start : start + seq_len]  # (T, C)
+
+
+def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> Tensor:
+    """The fixed encodings of Vaswani et al. (2017), a ``(max_len, dim)`` float32 table:
+
+        PE[p, 2i] = sin(p / base^(2i/dim)),   PE[p, 2i+1] = cos(p / base^(2i/dim))
+
+    Each pair of features is a clock turning at its own rate, from one radian per position down to one turn
+    in ``2 pi base`` positions; a fixed offset is a fixed rotation of every clock, which is what makes relative
+    positions easy to read off with a linear map.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal encodings pair up features, so dim must be even, got {dim}")
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
+    angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # (max_len, dim/2)
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (max_len, dim): sin, cos, sin, ...
+    return table.float()
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """The original transformer's fixed sinusoidal encodings, added to the token embedding. Chapter 4.
+
+    No parameters: the table is a non-persistent buffer, rebuilt from the formula, not stored in checkpoints.
+    """
+
+    def __init__(self, max_len: int, dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.register_buffer("table", sinusoidal_table(max_len, dim, base), persistent=False)
+
+    def forward(self, seq_len: int, start: int = 0) -> Tensor:
+        _check_positions(start, seq_len, self.max_len)
+        return self.table[start : start + seq_len]  # (T, C)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding, RoPE (Su et al., 2021), as in Llama. Chapter 4 explains.
+
+    Instead of adding a position vector to the residual stream, RoPE rotates each query and key inside
+    attention. The ``D`` features of a head form ``D/2`` pairs; pair ``i`` of the vector at position ``m`` is
+    rotated by the angle ``m * theta_i`` with ``theta_i = base^(-2i/D)``. A rotation by ``m theta`` followed by
+    the transpose of one by ``n theta`` is a rotation by ``(m - n) theta``, so the score ``q_m . k_n`` depends
+    on the two positions only through their offset ``m - n``.
+
+    Pair ``i`` is features ``(i, i + D/2)``, the "rotate half" layout of GPT-NeoX and Hugging Face Llama. The
+    paper pairs neighbours ``(2i, 2i+1)`` instead; the two differ by a fixed permutation of the head's features,
+    which the learned query and key projections absorb, so they are equivalent models.
+
+    An instance is the ``rotary`` callable that :class:`llmbook.attention.CausalSelfAttention` applies to its
+    queries and keys: ``rotary(t, start)`` with ``t`` of shape ``(B, H, T, D)`` holding positions
+    ``start .. start + T - 1``. The cos/sin tables are float32 non-persistent buffers; run reduced-precision
+    models under ``torch.autocast`` (which leaves buffers in float32) rather than casting the model with
+    ``.to(torch.bfloat16)``, which would round the angles.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE rotates pairs of features, so head_dim must be even, got {head_dim}")
+        self.head_dim = head_dim
+        self.max_len = max_len
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,) theta_i
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # (max_len, D/2) m theta_i
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, t: Tensor, start: int = 0) -> Tensor:
+        seq_len = t.shape[-2]
+        _check_positions(start, seq_len, self.max_len)
+        cos = self.cos[start : start + seq_len]  # (T, D/2)
+        sin = self.sin[start : start + seq_len]
+        t1, t2 = t.chunk(2, dim=-1)  # (B, H, T, D/2) each: the two coordinates of every pair
+        rotated = torch.cat([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)  # (B, H, T, D)
+        return rotated.type_as(t)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, max_len={self.max_len}"
