@@ -318,7 +318,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(k, v)  # (B, H_kv, past + T, hd)
         # Query i sits at position past + i and may see keys 0 .. past + i. With nothing cached that is torch's
         # is_causal; a single new query sees everything cached; otherwise the mask must be built (shifted by past).
-        mask, is_causal = None, True
+        mask, is_causal = None, past == 0
         if past > 0 and T > 1:
             mask = causal_mask(T, past + T, offset=past, device=x.device)
         dropout_p = self.dropout if self.training else 0.0
@@ -340,6 +340,46 @@ class CausalSelfAttention(nn.Module):
         _, weights = scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=True,
                                                   return_weights=True)
         return weights
+
+
+class AttentionOnlyLM(nn.Module):
+    """The smallest language model built around attention: Chapter 3's model for drawing attention maps.
+
+    Token and position embeddings, one :class:`CausalSelfAttention` added to them as a residual (so the token's
+    own identity survives next to what attention gathers), and a linear map to next-token logits. No MLP and no
+    normalisation: a "one-layer attention-only transformer" in the sense of Elhage et al. (2021). Chapter 4 builds
+    the full GPT block.
+    """
+
+    def __init__(self, vocab_size: int, block_size: int, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        if vocab_size < 1 or block_size < 1:
+            raise ValueError(f"vocab_size and block_size must be positive, got {vocab_size}, {block_size}")
+        self.block_size = block_size
+        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        self.position_embedding = nn.Embedding(block_size, d_model)
+        self.attn = CausalSelfAttention(d_model, n_heads)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def embed(self, idx: Tensor) -> Tensor:
+        """Token ids ``(B, T)`` to the attention layer's input ``(B, T, d_model)``."""
+        if idx.ndim != 2 or idx.shape[1] > self.block_size:
+            raise ValueError(f"expected token ids of shape (B, T) with T <= block_size={self.block_size}, "
+                             f"got {tuple(idx.shape)}")
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        return self.token_embedding(idx) + self.position_embedding(positions)  # (B, T, C)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits ``(B, T, vocab)`` for the next token at every position, and the mean cross-entropy if
+        ``targets`` (the ids shifted by one) are given."""
+        x = self.embed(idx)
+        logits = self.head(x + self.attn(x))  # (B, T, vocab)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    def attention_weights(self, idx: Tensor) -> Tensor:
+        """Every head's attention weights on ``idx`` ``(B, T)``: ``(B, n_heads, T, T)``."""
+        return self.attn.attention_weights(self.embed(idx))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -110,6 +110,20 @@ def _tag_parameter_cells(notebook) -> None:
             tags.append("remove-cell")
 
 
+def _describe_cell(source: Path, executed: Path, exec_count: int) -> str:
+    """Name a failing cell by its number in the notebook as stored (papermill adds cells) and its first line."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+        code = next(c.source for c in cells if c.cell_type == "code" and c.execution_count == exec_count)
+        number = [c.source for c in nbformat.read(source, as_version=4).cells].index(code) + 1
+    except (ValueError, StopIteration, OSError):
+        return f"the cell with execution count {exec_count}"
+    first_line = code.strip().splitlines()[0] if code.strip() else ""
+    return f"cell {number} ({first_line[:60]!r})"
+
+
 def execute_chapter(source: Path, profile: str, package: str, *, force: bool = False) -> tuple[str, float]:
     """Execute one chapter into the stage unless its executed copy is up to date. Returns (status, seconds)."""
     import nbformat
@@ -138,8 +152,8 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
         nbformat.write(executed, tmp)
         tmp.replace(target)
     except PapermillExecutionError as exc:
-        raise BuildError(f"{source.relative_to(_root())} failed in cell {exc.cell_index} "
-                         f"(execution count {exc.exec_count}): {exc.ename}: {exc.evalue}") from None
+        raise BuildError(f"chapters/{source.name} failed in {_describe_cell(source, tmp, exc.exec_count)}: "
+                         f"{exc.ename}: {exc.evalue}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return "executed", seconds

@@ -444,9 +444,11 @@ def encode_bytes(text: str) -> np.ndarray:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned integer type that holds every id: uint16 up to 65,536 tokens, else uint32."""
+    """The smallest unsigned integer type that holds every id: uint8 for bytes, uint16 up to 65,536, else uint32."""
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
