@@ -36,7 +36,12 @@ GPT2_STYLE = dict(norm="layernorm", activation="gelu", pos_encoding="learned", b
 
 
 class TorchLayersGPT(nn.Module):
-    """The same GPT-2-style model with its blocks from ``torch.nn.TransformerEncoderLayer``: the reference."""
+    """The same GPT-2-style model with its blocks from ``torch.nn.TransformerEncoderLayer``: the reference.
+
+    :meth:`copy_from` loads a :class:`GPT`'s weights, so the two compute the same function from the same
+    starting point (the initialisation matters for speed too: a badly scaled one fills the gradients with
+    subnormal floats, which CPUs process many times slower).
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -52,6 +57,22 @@ class TorchLayersGPT(nn.Module):
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
 
+    @torch.no_grad()
+    def copy_from(self, gpt: GPT) -> None:
+        self.tok_emb.weight.copy_(gpt.tok_emb.weight)
+        self.pos_emb.copy_(gpt.pos_emb.weight)
+        for layer, block in zip(self.encoder.layers, gpt.blocks):
+            pairs = [(layer.norm1, block.norm1), (layer.self_attn.out_proj, block.attn.proj),
+                     (layer.norm2, block.norm2), (layer.linear1, block.mlp.fc), (layer.linear2, block.mlp.proj)]
+            for theirs, ours in pairs:
+                theirs.weight.copy_(ours.weight)
+                theirs.bias.copy_(ours.bias)
+            # Both lay out the fused input projection as [queries; keys; values], heads contiguous within each.
+            layer.self_attn.in_proj_weight.copy_(block.attn.qkv.weight)
+            layer.self_attn.in_proj_bias.copy_(block.attn.qkv.bias)
+        self.norm_f.weight.copy_(gpt.norm_f.weight)
+        self.norm_f.bias.copy_(gpt.norm_f.bias)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = idx.shape[1]
         x = self.tok_emb(idx) + self.pos_emb[:T]
@@ -64,13 +85,18 @@ class TorchLayersGPT(nn.Module):
 def training_throughput(config: GPTConfig, batch_size: int, rounds: int, steps: int) -> dict:
     torch.manual_seed(0)
     models = {"ours": GPT(config), "torch": TorchLayersGPT(config)}
+    models["torch"].copy_from(models["ours"])
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     if n_params["ours"] != n_params["torch"]:
         raise RuntimeError(f"the two models differ in size: {n_params}")
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size + 1), generator=gen)
     x, y = idx[:, :-1], idx[:, 1:]
+    with torch.no_grad():  # same shape, same weights: the same function
+        gap = (models["ours"](x)[0] - models["torch"](x, y)[0]).abs().max().item()
+    if gap > 1e-4:
+        raise RuntimeError(f"the two models disagree (max logit difference {gap:.2e}): not a fair comparison")
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
 
     def step(name: str) -> None:
         _, loss = models[name](x, y)
@@ -95,6 +121,7 @@ def training_throughput(config: GPTConfig, batch_size: int, rounds: int, steps: 
         "shape": dict(n_layer=config.n_layer, n_head=config.n_head, d_model=config.d_model,
                       block_size=config.block_size, vocab_size=config.vocab_size, batch_size=batch_size),
         "parameters": n_params["ours"],
+        "max_logit_difference": float(f"{gap:.1e}"),
         "ours_tokens_per_s": round(tps["ours"], 1),
         "torch_layers_tokens_per_s": round(tps["torch"], 1),
         "ratio": round(tps["ours"] / tps["torch"], 3),

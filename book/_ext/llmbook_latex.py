@@ -4,11 +4,13 @@ Jupyter Book's LaTeX writer turns every part of the table of contents into a ``\
 numbered ``\\chapter``, so "How to run" and "Notation" would become Chapters 1 and 2 and push the real chapters
 down. After Sphinx writes the ``.tex`` file (and before latexmk runs), this rewrites it: the root page becomes an
 unnumbered Preface, the front and back parts lose their part pages and their chapters their numbers (LaTeX's
-``secnumdepth`` set to -1 also keeps the chapter counter still), and numbering resumes for the book's chapters.
+``secnumdepth`` set to -1 also keeps the chapter counter still), numbering resumes for the book's chapters, and
+the bibliography page keeps only the heading that the bibliography environment makes itself.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -29,6 +31,8 @@ def _rewrite(tex: str, front: list[str], back: list[str]) -> str:
         tex = tex[:first_numbered] + "\\setcounter{secnumdepth}{\\llmbookSecnumdepth}\n" + tex[first_numbered:]
     for caption in back:
         tex = tex.replace(f"\\part{{{caption}}}\n", "\\setcounter{secnumdepth}{-1}\n", 1)
+    # The bibliography environment starts its own chapter; the page's heading would add an empty one before it.
+    tex = re.sub(r"\\chapter\{[^\n]*\}\n(\\label[^\n]*\n)?(\\begin\{sphinxthebibliography\})", r"\1\2", tex)
     return tex
 
 

@@ -28,11 +28,42 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
+class AttentionSettings:
+    """Chapter 3: the attention-only model whose attention maps the chapter draws, and the cost sweep."""
+
+    lm_block_size: int  # context of the attention-only model (bytes)
+    lm_d_model: int
+    lm_n_heads: int
+    lm_batch_size: int
+    lm_steps: int
+    lm_lr: float
+    cost_seq_lens: tuple[int, ...]  # sequence lengths of the time and memory sweep, ascending
+    cost_dtype: str  # "float32" or "bfloat16"
+    cost_repeats: int  # timed runs per point (the median is reported)
+
+    def __post_init__(self) -> None:
+        sizes = (self.lm_block_size, self.lm_d_model, self.lm_n_heads, self.lm_batch_size, self.lm_steps,
+                 self.cost_repeats)
+        if min(sizes) < 1:
+            raise ValueError(f"attention settings must be positive, got {self}")
+        if self.lm_d_model % self.lm_n_heads:
+            raise ValueError(f"lm_d_model={self.lm_d_model} must be divisible by lm_n_heads={self.lm_n_heads}")
+        if not self.lm_lr > 0:
+            raise ValueError(f"lm_lr must be positive, got {self.lm_lr}")
+        lens = self.cost_seq_lens
+        if len(lens) < 2 or min(lens) < 1 or list(lens) != sorted(set(lens)):
+            raise ValueError(f"cost_seq_lens must be at least two increasing positive lengths, got {lens}")
+        if self.cost_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"cost_dtype must be 'float32' or 'bfloat16', got {self.cost_dtype!r}")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
     device: str  # "cpu" or "cuda"
     data: DataSettings
+    attention: AttentionSettings
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -46,12 +77,19 @@ PROFILES: dict[str, Profile] = {
         description="runs on a laptop CPU (2 cores) in minutes; what CI executes",
         device="cpu",
         data=DataSettings(block_size=64, batch_size=8),
+        attention=AttentionSettings(lm_block_size=64, lm_d_model=64, lm_n_heads=4, lm_batch_size=32,
+                                    lm_steps=400, lm_lr=1e-2, cost_seq_lens=(256, 512, 1024, 2048),
+                                    cost_dtype="float32", cost_repeats=3),
     ),
     "gpu": Profile(
         name="gpu",
         description="full size, on one CUDA GPU (H100 class)",
         device="cuda",
         data=DataSettings(block_size=256, batch_size=64),
+        attention=AttentionSettings(lm_block_size=128, lm_d_model=128, lm_n_heads=4, lm_batch_size=64,
+                                    lm_steps=3000, lm_lr=3e-3,
+                                    cost_seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
+                                    cost_dtype="bfloat16", cost_repeats=10),
     ),
 }
 
