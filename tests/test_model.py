@@ -39,7 +39,7 @@ VARIANTS = {
     "gqa-geglu": dataclasses.replace(TINY, n_kv_head=2, activation="geglu", pos_encoding="rope"),
     "mqa-relu-sinusoidal": dataclasses.replace(TINY, n_kv_head=1, activation="relu", pos_encoding="sinusoidal"),
     "nope-postnorm": dataclasses.replace(TINY, pos_encoding="none", norm_position="post"),
-    "unfused-untied": dataclasses.replace(TINY, fused_attention=False, tie_weights=False, bias=False),
+    "unfused-untied": dataclasses.replace(TINY, fused=False, tie_weights=False, bias=False),
 }
 
 
@@ -106,11 +106,12 @@ def test_mlp_hidden_width_follows_llama_rule():
 # Layers against the library modules that do the same job
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_layernorm_matches_torch(bias):
+def test_layernorm_matches_torch(bias, fused):
     torch.manual_seed(0)
     x = torch.randn(3, 5, 24, dtype=torch.float64) * 3 + 1
-    ours = LayerNorm(24, eps=1e-5, bias=bias).double()
+    ours = LayerNorm(24, eps=1e-5, bias=bias, fused=fused).double()
     ref = torch.nn.LayerNorm(24, eps=1e-5, bias=bias).double()
     with torch.no_grad():
         ours.weight.normal_()
@@ -125,10 +126,11 @@ def test_layernorm_matches_torch(bias):
     torch.testing.assert_close(g_ours, g_ref)
 
 
-def test_rmsnorm_matches_torch():
+@pytest.mark.parametrize("fused", [False, True])
+def test_rmsnorm_matches_torch(fused):
     torch.manual_seed(0)
     x = torch.randn(3, 5, 24, dtype=torch.float64) * 3 + 1
-    ours = RMSNorm(24, eps=1e-6).double()
+    ours = RMSNorm(24, eps=1e-6, fused=fused).double()
     ref = torch.nn.RMSNorm(24, eps=1e-6).double()
     with torch.no_grad():
         ours.weight.normal_()
@@ -140,10 +142,13 @@ def test_rmsnorm_matches_torch():
     torch.testing.assert_close(g_ours, g_ref)
 
 
-def test_norms_compute_statistics_in_float32_for_bfloat16_inputs():
+@pytest.mark.parametrize("fused", [False, True])
+def test_norms_compute_statistics_in_float32_for_bfloat16_inputs(fused):
     torch.manual_seed(0)
     x = torch.randn(4, 64) * 50 + 1000  # a large mean: bfloat16 statistics would lose the variance
-    for ours, ref in ((LayerNorm(64), torch.nn.LayerNorm(64)), (RMSNorm(64), torch.nn.RMSNorm(64, eps=1e-5))):
+    pairs = ((LayerNorm(64, fused=fused), torch.nn.LayerNorm(64)),
+             (RMSNorm(64, fused=fused), torch.nn.RMSNorm(64, eps=1e-5)))
+    for ours, ref in pairs:
         out = ours.bfloat16()(x.bfloat16())
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out.float(), ref(x.bfloat16().float()), atol=0.03, rtol=0.02)
@@ -382,7 +387,7 @@ def test_published_parameter_counts(preset, expected):
 def test_flops_per_token_matches_flop_counter(name):
     # FlopCounterMode counts matrix multiplies; torch's fused CPU attention kernel is not registered with it,
     # so the check runs attention as explicit matmuls (the same maths).
-    config = dataclasses.replace(VARIANTS[name], fused_attention=False)
+    config = dataclasses.replace(VARIANTS[name], fused=False)
     model = make_model(config)
     B, T = 2, config.block_size
     idx, targets = random_ids(config, B, T), random_ids(config, B, T, seed=2)

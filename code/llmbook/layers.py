@@ -21,21 +21,52 @@ from torch import Tensor
 # Normalisation
 
 
-class LayerNorm(nn.Module):
-    """Layer normalisation (Ba et al., 2016), as in GPT-2. Chapter 4 explains.
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
+    """Layer normalisation (Ba et al., 2016) written out, as in GPT-2. Chapter 4 explains.
 
     Each position's vector is shifted to zero mean and scaled to unit variance over its ``C`` features, then
     given a learned per-feature gain and (optionally) bias:
 
         y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
 
-    The statistics are computed in at least float32 so the layer behaves the same when the model runs in
-    bfloat16. ``var`` is the biased (divide by ``C``) variance, as in the paper and ``torch.nn.LayerNorm``.
+    ``var`` is the biased (divide by ``C``) variance, as in the paper and ``torch.nn.LayerNorm``. The statistics
+    are computed in at least float32 so the result holds up when the model runs in bfloat16.
+    """
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
+    mean = xf.mean(dim=-1, keepdim=True)  # (B, T, 1)
+    var = xf.var(dim=-1, keepdim=True, unbiased=False)  # (B, T, 1)
+    x_hat = (xf - mean) * torch.rsqrt(var + eps)  # (B, T, C), zero mean and unit variance
+    y = x_hat.type_as(x) * weight
+    return y + bias if bias is not None else y
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Root-mean-square normalisation (Zhang and Sennrich, 2019) written out, as in Llama. Chapter 4.
+
+    LayerNorm without the mean: the vector is divided by its root mean square and given a learned gain,
+
+        y = x / sqrt(mean(x^2) + eps) * weight
+
+    one reduction instead of two and no bias. Re-centring turned out not to matter for transformers, and
+    dropping it saves time.
+    """
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
+    rms_inv = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)  # (B, T, 1)
+    return (xf * rms_inv).type_as(x) * weight
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm as a module: a gain (and bias) per feature around :func:`layer_norm`.
+
+    ``fused=True`` (the default) runs the same equation in ``torch.nn.functional.layer_norm``, one kernel that
+    reads the activations once, where the written-out version launches seven and reads them repeatedly; on a
+    small model that is a tenth of a training step (``benchmarks/model.py``). The tests check the two agree.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, *, fused: bool = True) -> None:
         super().__init__()
         self.eps = eps
+        self.fused = fused
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
@@ -45,43 +76,33 @@ class LayerNorm(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
-        mean = xf.mean(dim=-1, keepdim=True)  # (B, T, 1)
-        var = xf.var(dim=-1, keepdim=True, unbiased=False)  # (B, T, 1)
-        x_hat = (xf - mean) * torch.rsqrt(var + self.eps)  # (B, T, C), zero mean and unit variance
-        y = x_hat.type_as(x) * self.weight
-        return y + self.bias if self.bias is not None else y
+        if self.fused:
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, fused={self.fused}"
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square normalisation (Zhang and Sennrich, 2019), as in Llama. Chapter 4 explains.
+    """RMSNorm as a module: a gain per feature around :func:`rms_norm`; ``fused`` as for :class:`LayerNorm`."""
 
-    LayerNorm without the mean: the vector is divided by its root mean square and given a learned gain,
-
-        y = x / sqrt(mean(x^2) + eps) * weight
-
-    one reduction instead of two and no bias. Re-centring turned out not to matter for transformers, and
-    dropping it saves time.
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, *, fused: bool = True) -> None:
         super().__init__()
         self.eps = eps
+        self.fused = fused
         self.weight = nn.Parameter(torch.ones(dim))
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
-        rms_inv = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (B, T, 1)
-        return (xf * rms_inv).type_as(x) * self.weight
+        if self.fused:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+        return f"{self.weight.shape[0]}, eps={self.eps}, fused={self.fused}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

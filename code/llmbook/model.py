@@ -64,7 +64,7 @@ class GPTConfig:
     tie_weights: bool = True  # the output head reuses the token embedding matrix
     bias: bool = True  # biases in the linear layers and LayerNorms
     init_std: float = 0.02
-    fused_attention: bool = True  # an implementation switch (fused kernel or explicit matmuls), same maths
+    fused: bool = True  # torch's fused kernels for attention and norms; False: our written-out code, same maths
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "mlp_multiple_of"):
@@ -183,8 +183,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.norm_eps)
-    return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        return RMSNorm(config.d_model, eps=config.norm_eps, fused=config.fused)
+    return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias, fused=config.fused)
 
 
 def make_mlp(config: GPTConfig) -> nn.Module:
@@ -207,7 +207,7 @@ class Block(nn.Module):
         self.norm1 = make_norm(config)
         self.attn = CausalSelfAttention(
             config.d_model, config.n_head, config.kv_heads,
-            dropout=config.dropout, bias=config.bias, fused=config.fused_attention,
+            dropout=config.dropout, bias=config.bias, fused=config.fused,
         )
         self.norm2 = make_norm(config)
         self.mlp = make_mlp(config)
