@@ -1,15 +1,19 @@
-"""Benchmark for llmbook.model (Chapter 4): training throughput against PyTorch's own transformer layers, and
-generation with and without the KV cache. Prints one JSON object.
+"""Benchmark for llmbook.model (Chapter 4): training throughput against PyTorch's own transformer
+layers, and generation with and without the KV cache. Prints one JSON object.
 
-1. Training step (forward, backward, AdamW) tokens per second on CPU: our GPT, configured GPT-2 style, against a
-   model of exactly the same shape whose blocks are ``torch.nn.TransformerEncoderLayer`` (pre-norm, GELU, causal
-   mask). Same embeddings, final norm and tied head, same parameter count, same batches; the two models are timed
-   in alternating rounds so that load from other processes hits both alike. Target: ours / torch >= 0.95.
-2. Generation of 256 new tokens, greedy, batch 1, with the KV cache against without (re-reading the prefix every
-   step); the two must produce the same tokens.
+1. Training step (forward, backward, AdamW) tokens per second on CPU: our GPT, configured GPT-2
+   style, against a model of exactly the same shape whose blocks are
+   ``torch.nn.TransformerEncoderLayer`` (pre-norm, GELU, causal mask). Same embeddings, final norm
+   and tied head, same weights, same batches; the two are timed in alternating rounds so that load
+   from other processes hits both alike. Target: ours / torch >= 0.95.
+2. Generation of 256 new tokens, greedy, batch 1, with the KV cache against without (re-reading
+   the prefix at every step); the two must produce the same tokens. Decoding one token is a chain
+   of operations too small to share between cores, so by default it runs on one thread
+   (``--decode-threads``): the comparison then counts work, not thread scheduling, which on a
+   busy machine can cost more than the work itself.
 
-Usage: ``python benchmarks/model.py [--quick] [--threads N] [--out results.json]``; ``--quick`` runs in well
-under a minute.
+Usage: ``python benchmarks/model.py [--quick] [--threads N] [--decode-threads N] [--out FILE]``;
+``--quick`` runs in well under a minute.
 """
 
 from __future__ import annotations
@@ -130,7 +134,17 @@ def training_throughput(config: GPTConfig, batch_size: int, rounds: int, steps: 
     }
 
 
-def generation_throughput(config: GPTConfig, prompt_len: int, new_tokens: int, repeats: int) -> dict:
+def generation_throughput(config: GPTConfig, prompt_len: int, new_tokens: int, repeats: int,
+                          threads: int) -> dict:
+    training_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _generation_throughput(config, prompt_len, new_tokens, repeats) | {"threads": threads}
+    finally:
+        torch.set_num_threads(training_threads)
+
+
+def _generation_throughput(config: GPTConfig, prompt_len: int, new_tokens: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = GPT(config).eval()
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
@@ -156,7 +170,10 @@ def generation_throughput(config: GPTConfig, prompt_len: int, new_tokens: int, r
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, well under a minute")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for training steps (default: torch's)")
+    parser.add_argument("--decode-threads", type=int, default=1,
+                        help="torch CPU threads for the generation comparison (default: 1)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -166,18 +183,20 @@ def main(argv: list[str] | None = None) -> dict:
         train_config = GPTConfig.preset("book-cpu", vocab_size=4096, **GPT2_STYLE)
         train = training_throughput(train_config, batch_size=16, rounds=5, steps=2)
         gen_config = GPTConfig.preset("book-cpu", vocab_size=4096, block_size=320)
-        gen = generation_throughput(gen_config, prompt_len=32, new_tokens=256, repeats=1)
+        gen = generation_throughput(gen_config, prompt_len=32, new_tokens=256, repeats=1,
+                                    threads=args.decode_threads)
     else:  # the book-gpu shape
         train_config = GPTConfig.preset("book-gpu", vocab_size=4096, block_size=256, **GPT2_STYLE)
         train = training_throughput(train_config, batch_size=8, rounds=7, steps=2)
         gen_config = GPTConfig.preset("book-gpu", vocab_size=4096, block_size=512, dropout=0.0)
-        gen = generation_throughput(gen_config, prompt_len=32, new_tokens=256, repeats=2)
+        gen = generation_throughput(gen_config, prompt_len=32, new_tokens=256, repeats=2,
+                                    threads=args.decode_threads)
 
     result = {
         "benchmark": "model",
         "quick": args.quick,
         "device": "cpu",
-        "threads": torch.get_num_threads(),
+        "training_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "training_step": train,

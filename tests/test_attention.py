@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmbook.profiles import PROFILES, AttentionSettings
+
 from llmbook.attention import (
+    AttentionOnlyLM,
     CausalSelfAttention,
     KVCache,
     causal_mask,
@@ -459,3 +462,48 @@ def test_scale_default_is_inverse_sqrt_head_dim():
     q, k, v, _ = sdpa_inputs((1, 3, 16), (1, 4, 16), torch.float32)
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v),
                                scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(16)))
+
+
+# ---------------------------------------------------------------------------------------------- demo model, profiles
+
+
+def test_attention_only_lm_learns_a_previous_token_pattern():
+    # the target is the previous token: only attention (not the current token) can predict it
+    torch.manual_seed(0)
+    lm = AttentionOnlyLM(vocab_size=16, block_size=12, d_model=32, n_heads=2)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(16, (64, 12), generator=gen)
+    y = torch.cat([torch.zeros(64, 1, dtype=torch.long), x[:, :-1]], dim=1)
+    logits, first = lm(x, y)
+    assert logits.shape == (64, 12, 16) and abs(first.item() - math.log(16)) < 0.5
+    for _ in range(150):
+        _, loss = lm(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3  # far below log(16) = 2.77: it copies the previous token through attention
+    weights = lm.attention_weights(x[:2])
+    assert weights.shape == (2, 2, 12, 12)
+    assert torch.diagonal(weights, offset=-1, dim1=-2, dim2=-1).mean() > 0.5  # attends one step back
+
+
+def test_attention_only_lm_rejects_long_inputs():
+    lm = AttentionOnlyLM(16, 8, 16, 2)
+    with pytest.raises(ValueError, match="block_size=8"):
+        lm(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_attention_settings_are_valid_and_validated():
+    for profile in PROFILES.values():
+        assert isinstance(profile.attention, AttentionSettings)
+    good = PROFILES["cpu"].attention
+    fields = dict(vars(good))
+    with pytest.raises(ValueError, match="divisible"):
+        AttentionSettings(**{**fields, "lm_n_heads": 3})
+    with pytest.raises(ValueError, match="increasing"):
+        AttentionSettings(**{**fields, "cost_seq_lens": (512, 256)})
+    with pytest.raises(ValueError, match="cost_dtype"):
+        AttentionSettings(**{**fields, "cost_dtype": "float16"})
+    with pytest.raises(ValueError, match="positive"):
+        AttentionSettings(**{**fields, "lm_steps": 0})

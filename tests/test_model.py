@@ -43,6 +43,16 @@ VARIANTS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These models are tiny: threads buy nothing, and on a shared machine their synchronisation
+    # can cost more than the work. Restored afterwards for the other test modules.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(config: GPTConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
     torch.manual_seed(seed)
     return GPT(config).to(dtype)
@@ -94,6 +104,14 @@ def test_config_is_frozen_and_presets_accept_overrides():
         GPTConfig.preset("gpt2", n_head=7)
     with pytest.raises(TypeError, match="GPTConfig"):
         GPT(dict(n_layer=2))  # type: ignore[arg-type]
+
+
+def test_every_profile_names_a_model_preset():
+    from llmbook.profiles import PROFILES
+
+    for profile in PROFILES.values():
+        config = GPTConfig.preset(profile.model.preset, vocab_size=256)
+        assert config.vocab_size == 256
 
 
 def test_mlp_hidden_width_follows_llama_rule():

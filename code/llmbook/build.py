@@ -47,7 +47,14 @@ def stage_dir(profile: str) -> Path:
 
 
 def chapter_sources() -> list[Path]:
-    return sorted((_root() / "chapters").glob("[0-9][0-9]_*.ipynb"))
+    """The chapter notebooks that ``_toc.yml`` lists, in its order."""
+    toc = (_root() / "_toc.yml").read_text(encoding="utf-8")
+    names = re.findall(r"^\s*-\s*file:\s*chapters/(\S+?)(?:\.ipynb)?\s*$", toc, flags=re.M)
+    paths = [_root() / "chapters" / f"{name}.ipynb" for name in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise BuildError(f"_toc.yml lists chapters that do not exist: {missing}")
+    return paths
 
 
 def package_digest() -> str:

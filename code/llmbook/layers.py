@@ -1,54 +1,56 @@
-"""The pieces a transformer block is made of, other than attention: norms, MLPs, positional encodings.
+"""The parts of a transformer block other than attention: norms, MLPs, positional encodings.
 
-Chapter 4 builds a GPT from these parts; :mod:`llmbook.attention` (Chapter 3) supplies the attention layer and
-:mod:`llmbook.model` assembles everything. Each piece is written from its defining equation, and the tests check
-it against the PyTorch module that does the same job (``torch.nn.LayerNorm``, ``torch.nn.RMSNorm``) or against
-an independent formulation (RoPE as complex multiplication).
+Chapter 4 builds a GPT from these parts; :mod:`llmbook.attention` (Chapter 3) supplies the
+attention layer and :mod:`llmbook.model` assembles everything. Each part is written from its
+defining equation, and the tests check it against the PyTorch module that does the same job
+(``torch.nn.LayerNorm``, ``torch.nn.RMSNorm``) or against an independent formulation (RoPE as
+complex multiplication).
 
-Shapes: ``B`` batch, ``T`` sequence length, ``C`` model width (``d_model``), ``H`` heads, ``D`` head width.
+Shapes: ``B`` batch, ``T`` sequence length, ``C`` model width (``d_model``), ``H`` heads,
+``D`` head width.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # Normalisation
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
     """Layer normalisation (Ba et al., 2016) written out, as in GPT-2. Chapter 4 explains.
 
-    Each position's vector is shifted to zero mean and scaled to unit variance over its ``C`` features, then
-    given a learned per-feature gain and (optionally) bias:
+    Each position's vector is shifted to zero mean and scaled to unit variance over its ``C``
+    features, then given a learned per-feature gain and (optionally) bias:
 
         y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
 
-    ``var`` is the biased (divide by ``C``) variance, as in the paper and ``torch.nn.LayerNorm``. The statistics
-    are computed in at least float32 so the result holds up when the model runs in bfloat16.
+    ``var`` is the biased (divide by ``C``) variance, as in the paper and in
+    ``torch.nn.LayerNorm``. The statistics are computed in at least float32, so the result
+    holds up in bfloat16.
     """
     xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
     mean = xf.mean(dim=-1, keepdim=True)  # (B, T, 1)
     var = xf.var(dim=-1, keepdim=True, unbiased=False)  # (B, T, 1)
-    x_hat = (xf - mean) * torch.rsqrt(var + eps)  # (B, T, C), zero mean and unit variance
+    x_hat = (xf - mean) * torch.rsqrt(var + eps)  # (B, T, C): zero mean, unit variance
     y = x_hat.type_as(x) * weight
     return y + bias if bias is not None else y
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """Root-mean-square normalisation (Zhang and Sennrich, 2019) written out, as in Llama. Chapter 4.
+    """Root-mean-square normalisation (Zhang and Sennrich, 2019) written out, as in Llama.
 
-    LayerNorm without the mean: the vector is divided by its root mean square and given a learned gain,
+    LayerNorm without the mean (Chapter 4): the vector is divided by its root mean square and
+    given a learned gain,
 
         y = x / sqrt(mean(x^2) + eps) * weight
 
-    one reduction instead of two and no bias. Re-centring turned out not to matter for transformers, and
-    dropping it saves time.
+    one reduction instead of two, and no bias. Re-centring turned out not to matter for
+    transformers, and dropping it saves time.
     """
     xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, C)
     rms_inv = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)  # (B, T, 1)
@@ -58,12 +60,13 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 class LayerNorm(nn.Module):
     """LayerNorm as a module: a gain (and bias) per feature around :func:`layer_norm`.
 
-    ``fused=True`` (the default) runs the same equation in ``torch.nn.functional.layer_norm``, one kernel that
-    reads the activations once, where the written-out version launches seven and reads them repeatedly; on a
-    small model that is a tenth of a training step (``benchmarks/model.py``). The tests check the two agree.
+    ``fused=True`` (the default) runs the same equation as ``torch.nn.functional.layer_norm``,
+    one kernel that makes a single pass over the activations, where the written-out version
+    launches seven and reads them repeatedly; on a small model that is about a tenth of a
+    training step (``benchmarks/model.py``). The tests check that the two agree.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, *, fused: bool = True) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, *, fused: bool = True):
         super().__init__()
         self.eps = eps
         self.fused = fused
@@ -81,13 +84,15 @@ class LayerNorm(nn.Module):
         return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}, fused={self.fused}"
+        bias = self.bias is not None
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={bias}, fused={self.fused}"
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm as a module: a gain per feature around :func:`rms_norm`; ``fused`` as for :class:`LayerNorm`."""
+    """RMSNorm as a module: a gain per feature around :func:`rms_norm`; ``fused`` as for
+    :class:`LayerNorm` (``torch.nn.functional.rms_norm``)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, *, fused: bool = True) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, *, fused: bool = True):
         super().__init__()
         self.eps = eps
         self.fused = fused
@@ -105,31 +110,36 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, fused={self.fused}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # Feed-forward networks
 
 ACTIVATIONS = {
     "relu": F.relu,
-    "gelu": F.gelu,  # exact GELU; GPT-2 used the tanh approximation, which differs by < 1e-3
+    "gelu": F.gelu,  # exact GELU; GPT-2 used the tanh approximation, within 1e-3 of it
 }
 GATED_ACTIVATIONS = {
-    "swiglu": F.silu,  # SiLU(x) = x * sigmoid(x), a.k.a. Swish with beta = 1
+    "swiglu": F.silu,  # SiLU(x) = x * sigmoid(x), also called Swish
     "geglu": F.gelu,
 }
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network of GPT-2: expand, nonlinearity, project back. Chapter 4.
+    """GPT-2's position-wise feed-forward network: expand, nonlinearity, project back.
 
         MLP(x) = act(x W_fc + b_fc) W_proj + b_proj,   W_fc: (C, d_ff),  W_proj: (d_ff, C)
 
-    ``proj`` writes into the residual stream, so :class:`llmbook.model.GPT` gives it the scaled initialisation.
+    ``proj`` writes into the residual stream, so :class:`llmbook.model.GPT` gives it the
+    scaled initialisation (Chapter 4).
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", *, bias: bool = True) -> None:
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", *,
+                 bias: bool = True):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r} for MLP; choose one of {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {activation!r} for MLP; "
+                f"choose one of {sorted(ACTIVATIONS)}"
+            )
         self.act = ACTIVATIONS[activation]
         self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
@@ -139,21 +149,23 @@ class MLP(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """A gated linear unit feed-forward network (Shazeer, 2020): SwiGLU in Llama. Chapter 4 explains.
+    """A gated feed-forward network (Shazeer, 2020), SwiGLU in Llama. Chapter 4 explains.
 
         GatedMLP(x) = (act(x W_gate) * (x W_up)) W_proj
 
-    One branch decides, per hidden unit, how much of the other passes. There are three matrices instead of
-    two, so models built with it use a hidden width of about 2/3 of the plain MLP's to keep the parameter
-    count (see :attr:`llmbook.model.GPTConfig.d_ff`). ``W_gate`` and ``W_up`` are stored as one ``(C, 2 d_ff)``
-    matrix so the two products are one matrix multiply.
+    One projection decides, per hidden unit, how much of the other passes. With three matrices
+    instead of two, models use about 2/3 of the plain MLP's hidden width to keep the parameter
+    count (:attr:`llmbook.model.GPTConfig.d_ff`). ``W_gate`` and ``W_up`` are stored as one
+    ``(C, 2 d_ff)`` matrix, so that the two products are one matrix multiply.
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", *, bias: bool = False) -> None:
+    def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", *,
+                 bias: bool = False):
         super().__init__()
         if activation not in GATED_ACTIVATIONS:
             raise ValueError(
-                f"unknown activation {activation!r} for GatedMLP; choose one of {sorted(GATED_ACTIVATIONS)}"
+                f"unknown activation {activation!r} for GatedMLP; "
+                f"choose one of {sorted(GATED_ACTIVATIONS)}"
             )
         self.act = GATED_ACTIVATIONS[activation]
         self.fc = nn.Linear(d_model, 2 * d_ff, bias=bias)  # [W_gate | W_up]
@@ -164,26 +176,26 @@ class GatedMLP(nn.Module):
         return self.proj(self.act(gate) * up)  # (B, T, C)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # Positional encodings
 
 
 def _check_positions(start: int, seq_len: int, max_len: int) -> None:
     if start < 0 or start + seq_len > max_len:
         raise ValueError(
-            f"positions {start}..{start + seq_len - 1} are outside the model's context of {max_len} positions; "
-            f"crop the input to its last {max_len} tokens (llmbook.generate does this) or build the model "
-            "with a larger block_size"
+            f"positions {start}..{start + seq_len - 1} are outside the model's context of "
+            f"{max_len} positions; crop the input to its last {max_len} tokens "
+            "(llmbook.generate does this) or build the model with a larger block_size"
         )
 
 
 class LearnedPositionalEmbedding(nn.Module):
-    """A trained vector per position, added to the token embedding (GPT-1, GPT-2, BERT). Chapter 4.
+    """A trained vector per position, added to the token embedding (GPT-1, GPT-2). Chapter 4.
 
-    Simple and flexible, but it knows nothing about positions past ``max_len``: they were never trained.
+    Simple and flexible, but it knows nothing of positions past ``max_len``: never trained.
     """
 
-    def __init__(self, max_len: int, dim: int) -> None:
+    def __init__(self, max_len: int, dim: int):
         super().__init__()
         self.max_len = max_len
         self.weight = nn.Parameter(torch.zeros(max_len, dim))
@@ -198,25 +210,26 @@ def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> Tensor:
 
         PE[p, 2i] = sin(p / base^(2i/dim)),   PE[p, 2i+1] = cos(p / base^(2i/dim))
 
-    Each pair of features is a clock turning at its own rate, from one radian per position down to one turn
-    in ``2 pi base`` positions; a fixed offset is a fixed rotation of every clock, which is what makes relative
-    positions easy to read off with a linear map.
+    Each pair of features is a clock turning at its own rate, from one radian per position
+    down to one turn in ``2 pi base`` positions. An offset of k positions turns every clock by
+    a fixed angle, so relative position is a linear function of the encodings.
     """
     if dim % 2:
-        raise ValueError(f"sinusoidal encodings pair up features, so dim must be even, got {dim}")
+        raise ValueError(f"sinusoids come in sin/cos pairs, so dim must be even, got {dim}")
     inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
     angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # (max_len, dim/2)
-    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (max_len, dim): sin, cos, sin, ...
-    return table.float()
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (max_len, dim/2, 2)
+    return table.flatten(1).float()  # (max_len, dim): sin, cos, sin, cos, ...
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """The original transformer's fixed sinusoidal encodings, added to the token embedding. Chapter 4.
+    """The original transformer's fixed sinusoids, added to the token embedding. Chapter 4.
 
-    No parameters: the table is a non-persistent buffer, rebuilt from the formula, not stored in checkpoints.
+    No parameters: the table is a non-persistent buffer, rebuilt from the formula rather than
+    stored in checkpoints.
     """
 
-    def __init__(self, max_len: int, dim: int, base: float = 10000.0) -> None:
+    def __init__(self, max_len: int, dim: int, base: float = 10000.0):
         super().__init__()
         self.max_len = max_len
         self.register_buffer("table", sinusoidal_table(max_len, dim, base), persistent=False)
@@ -229,38 +242,42 @@ class SinusoidalPositionalEncoding(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding, RoPE (Su et al., 2021), as in Llama. Chapter 4 explains.
 
-    Instead of adding a position vector to the residual stream, RoPE rotates each query and key inside
-    attention. The ``D`` features of a head form ``D/2`` pairs; pair ``i`` of the vector at position ``m`` is
-    rotated by the angle ``m * theta_i`` with ``theta_i = base^(-2i/D)``. A rotation by ``m theta`` followed by
-    the transpose of one by ``n theta`` is a rotation by ``(m - n) theta``, so the score ``q_m . k_n`` depends
-    on the two positions only through their offset ``m - n``.
+    Instead of adding a position vector to the residual stream, RoPE rotates every query and
+    key inside attention. The ``D`` features of a head form ``D/2`` pairs; pair ``i`` of the
+    vector at position ``m`` is turned by the angle ``m theta_i``, ``theta_i = base^(-2i/D)``.
+    Turning by ``m theta`` and then back by ``n theta`` is a turn by ``(m - n) theta``, so the
+    score of the query at ``m`` and the key at ``n`` depends only on the offset ``m - n``.
 
-    Pair ``i`` is features ``(i, i + D/2)``, the "rotate half" layout of GPT-NeoX and Hugging Face Llama. The
-    paper pairs neighbours ``(2i, 2i+1)`` instead; the two differ by a fixed permutation of the head's features,
-    which the learned query and key projections absorb, so they are equivalent models.
+    Pair ``i`` is features ``(i, i + D/2)``, the "rotate half" layout of GPT-NeoX and Hugging
+    Face's Llama. The paper pairs neighbours ``(2i, 2i+1)``; the two layouts differ by a fixed
+    permutation of a head's features, which the learned projections absorb: the same model.
 
-    An instance is the ``rotary`` callable that :class:`llmbook.attention.CausalSelfAttention` applies to its
-    queries and keys: ``rotary(t, start)`` with ``t`` of shape ``(B, H, T, D)`` holding positions
-    ``start .. start + T - 1``. The cos/sin tables are float32 non-persistent buffers; run reduced-precision
-    models under ``torch.autocast`` (which leaves buffers in float32) rather than casting the model with
-    ``.to(torch.bfloat16)``, which would round the angles.
+    An instance is the ``rotary`` callable that :class:`llmbook.attention.CausalSelfAttention`
+    applies to its queries and keys: ``rotary(t, start)`` with ``t`` of shape ``(B, H, T, D)``
+    holding positions ``start .. start + T - 1``. The cos/sin tables are float32 buffers: run
+    reduced precision under ``torch.autocast``, which leaves buffers in float32, rather than
+    casting the model with ``.to(torch.bfloat16)``, which would round the angles.
     """
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"RoPE rotates pairs of features, so head_dim must be even, got {head_dim}")
+            raise ValueError(
+                f"RoPE rotates pairs of features, so head_dim must be even, got {head_dim}"
+            )
         self.head_dim = head_dim
         self.max_len = max_len
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,) theta_i
-        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # (max_len, D/2) m theta_i
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+        inv_freq = base**-exponents  # (D/2,): theta_i
+        positions = torch.arange(max_len, dtype=torch.float64)
+        angles = positions[:, None] * inv_freq  # (max_len, D/2): m theta_i
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def forward(self, t: Tensor, start: int = 0) -> Tensor:
         seq_len = t.shape[-2]
         _check_positions(start, seq_len, self.max_len)
-        cos = self.cos[start : start + seq_len]  # (T, D/2)
+        cos = self.cos[start : start + seq_len]  # (T, D/2): cos(m theta_i) for each position m
         sin = self.sin[start : start + seq_len]
         t1, t2 = t.chunk(2, dim=-1)  # (B, H, T, D/2) each: the two coordinates of every pair
         rotated = torch.cat([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)  # (B, H, T, D)

@@ -1,11 +1,13 @@
-"""A GPT, built piece by piece: the configuration, the block, the model, and what it costs. Chapter 4.
+"""A GPT, built piece by piece: configuration, block, model, and what it costs. Chapter 4.
 
-One class, :class:`GPT`, covers the GPT-2 family and a Llama-style variant; the differences are fields of
-:class:`GPTConfig` (norm, activation, positional scheme, biases, weight tying), and the named shapes live in
-:data:`PRESETS`. Attention comes from :mod:`llmbook.attention` (Chapter 3); norms, MLPs and positional
-encodings from :mod:`llmbook.layers`. Sampling lives in :mod:`llmbook.generate`.
+One class, :class:`GPT`, covers the GPT-2 family and a Llama-style variant; the differences
+are fields of :class:`GPTConfig` (norm, activation, positional scheme, biases, weight tying),
+and the named shapes live in :data:`PRESETS`. Attention comes from :mod:`llmbook.attention`
+(Chapter 3); norms, MLPs and positional encodings from :mod:`llmbook.layers`; sampling is in
+:mod:`llmbook.generate`.
 
-Shapes: ``B`` batch, ``T`` sequence length, ``C`` width (``d_model``), ``V`` vocabulary, ``L`` layers.
+Shapes: ``B`` batch, ``T`` sequence length, ``C`` width (``d_model``), ``V`` vocabulary,
+``L`` layers.
 """
 
 from __future__ import annotations
@@ -40,72 +42,75 @@ NORM_POSITIONS = ("pre", "post")
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Everything that defines a GPT's architecture. The defaults are GPT-2 small (124M). Chapter 4.
+    """Everything that defines a GPT's architecture; the defaults are GPT-2 small. Chapter 4.
 
-    Validated on construction; derive variants with :meth:`preset` or ``dataclasses.replace`` (which validates
-    again).
+    Validated on construction. Derive variants with :meth:`preset` or ``dataclasses.replace``
+    (which validates again).
     """
 
     vocab_size: int = 50257
     block_size: int = 1024  # context length: the most positions the model attends over
     n_layer: int = 12
     n_head: int = 12
-    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None means n_head
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
     d_model: int = 768  # the width of the residual stream
-    mlp_ratio: float = 4.0  # hidden width of a plain MLP relative to d_model (gated MLPs use 2/3 of it)
-    mlp_multiple_of: int = 1  # round the MLP hidden width up to a multiple of this (Llama uses 256)
+    mlp_ratio: float = 4.0  # MLP hidden width / d_model (a gated MLP uses 2/3 of it)
+    mlp_multiple_of: int = 1  # round the MLP hidden width up to a multiple (Llama: 256)
     dropout: float = 0.0
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    norm_position: str = "pre"  # "pre": x + f(norm(x)) (GPT-2 onward); "post": norm(x + f(x)) (2017 original)
-    activation: str = "gelu"  # "gelu" | "relu" (plain MLP) or "swiglu" | "geglu" (gated MLP)
+    norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)), the 2017 way
+    activation: str = "gelu"  # "gelu" | "relu" (plain MLP); "swiglu" | "geglu" (gated MLP)
     pos_encoding: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_base: float = 10000.0
     tie_weights: bool = True  # the output head reuses the token embedding matrix
     bias: bool = True  # biases in the linear layers and LayerNorms
     init_std: float = 0.02
-    fused: bool = True  # torch's fused kernels for attention and norms; False: our written-out code, same maths
+    fused: bool = True  # torch's fused kernels (attention, norms); False: ours, same maths
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "mlp_multiple_of"):
+        sizes = ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "mlp_multiple_of")
+        for name in sizes:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_head:
             raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: each head gets "
-                f"d_model / n_head features; pick a width that is a multiple of the head count"
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: each head "
+                "gets d_model / n_head features; pick a width that is a multiple of the head "
+                "count"
             )
         n_kv = self.n_kv_head
         if n_kv is not None and (not isinstance(n_kv, int) or n_kv < 1 or self.n_head % n_kv):
             raise ValueError(
-                f"n_kv_head={n_kv!r} must be a positive divisor of n_head={self.n_head}: in grouped-query "
-                "attention each key/value head serves an equal group of query heads (None means n_head)"
+                f"n_kv_head={n_kv!r} must be a positive divisor of n_head={self.n_head}: in "
+                "grouped-query attention each key/value head serves an equal group of query "
+                "heads (None means n_head)"
             )
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
-        if self.norm_position not in NORM_POSITIONS:
-            raise ValueError(f"unknown norm_position {self.norm_position!r}; choose one of {NORM_POSITIONS}")
-        if self.activation not in {**ACTIVATIONS, **GATED_ACTIVATIONS}:
-            valid = sorted({**ACTIVATIONS, **GATED_ACTIVATIONS})
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {valid}")
-        if self.pos_encoding not in POSITIONAL:
-            raise ValueError(f"unknown pos_encoding {self.pos_encoding!r}; choose one of {POSITIONAL}")
+        choices = (("norm", NORMS), ("norm_position", NORM_POSITIONS),
+                   ("activation", tuple(ACTIVATIONS) + tuple(GATED_ACTIVATIONS)),
+                   ("pos_encoding", POSITIONAL))
+        for name, valid in choices:
+            if getattr(self, name) not in valid:
+                value = getattr(self, name)
+                raise ValueError(f"unknown {name} {value!r}; choose one of {valid}")
         if self.pos_encoding in ("rope", "sinusoidal"):
-            width = self.head_dim if self.pos_encoding == "rope" else self.d_model
+            rope = self.pos_encoding == "rope"
+            width = self.head_dim if rope else self.d_model
             if width % 2:
-                what = "head_dim (d_model / n_head)" if self.pos_encoding == "rope" else "d_model"
+                what = "head_dim (d_model / n_head)" if rope else "d_model"
                 raise ValueError(
-                    f"pos_encoding={self.pos_encoding!r} rotates pairs of features, so {what} must be even, "
-                    f"got {width}"
+                    f"pos_encoding={self.pos_encoding!r} works on pairs of features, so "
+                    f"{what} must be even, got {width}"
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("mlp_ratio", "norm_eps", "rope_base", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {value!r}")
 
-    # -- derived sizes --------------------------------------------------------------------------------------
+    # -- derived sizes ----------------------------------------------------------------------
 
     @property
     def head_dim(self) -> int:
@@ -122,62 +127,59 @@ class GPTConfig:
 
     @property
     def d_ff(self) -> int:
-        """The MLP's hidden width: ``mlp_ratio * d_model``, times 2/3 for a gated MLP, rounded up to
-        ``mlp_multiple_of``. For Llama 2 7B (d_model 4096, ratio 4, multiple 256) that is 11008."""
+        """The MLP's hidden width: ``mlp_ratio * d_model``, times 2/3 for a gated MLP, rounded
+        up to a multiple of ``mlp_multiple_of``: Llama 2 7B's 2/3 * 4 * 4096 = 10922.7 becomes
+        11008.
+        """
         hidden = int(self.mlp_ratio * self.d_model)
         if self.gated:
-            hidden = int(2 * hidden / 3)  # three matrices instead of two: keep the parameter count
+            hidden = int(2 * hidden / 3)  # three matrices instead of two: same parameter count
         return self.mlp_multiple_of * math.ceil(hidden / self.mlp_multiple_of)
 
-    # -- named shapes ---------------------------------------------------------------------------------------
+    # -- named shapes -----------------------------------------------------------------------
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> GPTConfig:
-        """The configuration named ``name`` in :data:`PRESETS`, with any field overridden, e.g.
+        """The configuration named ``name`` in :data:`PRESETS`, with fields overridden, e.g.
         ``GPTConfig.preset("book-cpu", vocab_size=tokenizer.vocab_size)``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(fields))
         if unknown:
-            raise TypeError(f"GPTConfig has no field(s) {sorted(unknown)}; fields are {_field_names()}")
+            raise TypeError(f"GPTConfig has no field(s) {unknown}; its fields are {fields}")
         return cls(**{**PRESETS[name], **overrides})
 
 
-def _field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(GPTConfig)]
-
-
-_LLAMA_STYLE = dict(
-    norm="rmsnorm", activation="swiglu", pos_encoding="rope", bias=False, tie_weights=False
-)
+_LLAMA_STYLE = dict(norm="rmsnorm", activation="swiglu", pos_encoding="rope", bias=False,
+                    tie_weights=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # GPT-2 (Radford et al., 2019): the four released shapes, vocabulary 50257, context 1024, tied embeddings.
+    # GPT-2 (Radford et al., 2019): the four released shapes; V = 50257, T = 1024, tied head.
     "gpt2": dict(n_layer=12, n_head=12, d_model=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, d_model=1024),  # 350M
+    "gpt2-medium": dict(n_layer=24, n_head=16, d_model=1024),  # 355M
     "gpt2-large": dict(n_layer=36, n_head=20, d_model=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, d_model=1600),  # 1.5B
-    # GPT-2 small's shape with Llama's components: RMSNorm, RoPE, SwiGLU, no biases, untied head.
-    "llama-small": dict(n_layer=12, n_head=12, d_model=768, mlp_multiple_of=64, **_LLAMA_STYLE),
+    # GPT-2 small's shape with Llama's parts: RMSNorm, RoPE, SwiGLU, no biases, untied head.
+    "llama-small": dict(n_layer=12, n_head=12, d_model=768, mlp_multiple_of=64,
+                        **_LLAMA_STYLE),
     # Llama 2 7B (Touvron et al., 2023), for counting: 6.74B parameters.
-    "llama2-7b": dict(
-        vocab_size=32000, block_size=4096, n_layer=32, n_head=32, d_model=4096, mlp_multiple_of=256,
-        **_LLAMA_STYLE,
-    ),
-    # The book's own sizes, Llama-style but with tied embeddings (at this scale the embedding matrix is a large
-    # share of the parameters). vocab_size is a placeholder: pass the tokenizer's as an override.
-    "book-cpu": dict(  # ~1M parameters; trains in minutes on two CPU cores
+    "llama2-7b": dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, d_model=4096,
+                      mlp_multiple_of=256, **_LLAMA_STYLE),
+    # The book's own sizes: Llama-style blocks with a tied head (at this scale the embedding is
+    # a large share of the model). vocab_size is a placeholder: pass the tokenizer's.
+    "book-cpu": dict(  # ~1M parameters: trains in minutes on two CPU cores
         vocab_size=4096, block_size=128, n_layer=4, n_head=4, d_model=128, mlp_multiple_of=32,
         **{**_LLAMA_STYLE, "tie_weights": True},
     ),
-    "book-gpu": dict(  # ~10M non-embedding parameters: nanoGPT's shakespeare-char scale
-        vocab_size=4096, block_size=512, n_layer=6, n_head=6, d_model=384, mlp_multiple_of=64, dropout=0.2,
-        **{**_LLAMA_STYLE, "tie_weights": True},
+    "book-gpu": dict(  # ~10M non-embedding parameters: nanoGPT's Shakespeare scale
+        vocab_size=4096, block_size=512, n_layer=6, n_head=6, d_model=384, mlp_multiple_of=64,
+        dropout=0.2, **{**_LLAMA_STYLE, "tie_weights": True},
     ),
 }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # The model
 
 
@@ -193,29 +195,28 @@ def make_mlp(config: GPTConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    """One transformer block: attention then MLP, each a residual branch around a norm. Chapter 4.
+    """A transformer block: attention, then an MLP, each a residual branch with a norm.
 
-    The residual stream ``x`` flows straight through; each branch reads a normalised copy and adds its result
-    back (pre-norm, GPT-2 onward). Post-norm, the 2017 original, normalises the stream itself after each
-    addition instead, which puts every norm on the path of the gradient. Dropout, when training with it, is
-    applied to each branch's output before it joins the stream ("residual dropout", Vaswani et al., 2017).
+    The residual stream ``x`` flows straight through; each branch reads a normalised copy and
+    adds its result back (pre-norm, GPT-2 onward). Post-norm, the 2017 original, normalises
+    the stream itself after each addition, which puts a norm on the gradient's direct path
+    (Chapter 4). Dropout, when training with it, drops parts of each branch's output before it
+    joins the stream ("residual dropout", Vaswani et al., 2017).
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig):
         super().__init__()
         self.prenorm = config.norm_position == "pre"
         self.norm1 = make_norm(config)
-        self.attn = CausalSelfAttention(
-            config.d_model, config.n_head, config.kv_heads,
-            dropout=config.dropout, bias=config.bias, fused=config.fused,
-        )
+        self.attn = CausalSelfAttention(config.d_model, config.n_head, config.kv_heads,
+                                        dropout=config.dropout, bias=config.bias,
+                                        fused=config.fused)
         self.norm2 = make_norm(config)
         self.mlp = make_mlp(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(
-        self, x: Tensor, *, rotary: RotaryEmbedding | None = None, cache: KVCache | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, *, rotary: RotaryEmbedding | None = None,
+                cache: KVCache | None = None) -> Tensor:
         if self.prenorm:  # x: (B, T, C), the residual stream
             x = x + self.drop(self.attn(self.norm1(x), rotary=rotary, cache=cache))
             x = x + self.drop(self.mlp(self.norm2(x)))
@@ -228,10 +229,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """A decoder-only transformer language model. Chapter 4 builds it.
 
-    tokens -> embedding (+ position) -> L blocks -> final norm -> output head -> logits over the vocabulary.
+    token ids -> embedding (+ positions) -> L blocks -> final norm -> output head -> logits.
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}")
@@ -245,22 +246,22 @@ class GPT(nn.Module):
             self.pos_emb = SinusoidalPositionalEncoding(config.block_size, C)
         self.rotary = None
         if config.pos_encoding == "rope":
-            self.rotary = RotaryEmbedding(config.head_dim, config.block_size, base=config.rope_base)
+            self.rotary = RotaryEmbedding(config.head_dim, config.block_size, config.rope_base)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        # Pre-norm leaves the residual stream unnormalised, so it needs one last norm; post-norm ends on one.
+        # Pre-norm leaves the stream unnormalised, so it needs a final norm; post-norm has one.
         self.norm_f = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
-        if config.tie_weights:
-            self.lm_head.weight = self.tok_emb.weight  # one (V, C) matrix reads tokens in and writes logits out
+        if config.tie_weights:  # one (V, C) matrix reads tokens in and scores them out
+            self.lm_head.weight = self.tok_emb.weight
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2's initialisation: weights N(0, 0.02^2), biases zero, norms identity, and the projections
-        that write into the residual stream scaled down by sqrt(2 L).
+        """GPT-2's initialisation: weights N(0, 0.02^2), biases zero, norms the identity, and
+        the projections that write into the residual stream scaled down by sqrt(2 L).
 
-        Each block adds two branch outputs to the stream; with unit-variance branches the stream's variance
-        would grow with depth, so the last matrix of each branch starts 1/sqrt(2 L) smaller.
+        Each block adds two branch outputs to the stream, so without the scaling the stream's
+        variance grows in proportion to depth (Chapter 4 measures it).
         """
         std = self.config.init_std
         for module in self.modules():
@@ -278,71 +279,77 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
     def hidden_states(self, idx: Tensor, *, caches: list[KVCache] | None = None) -> Tensor:
-        """The final normalised residual stream, ``(B, T, C)``, for token ids ``idx`` of shape ``(B, T)``.
+        """The final normalised residual stream ``(B, T, C)`` for token ids ``idx`` ``(B, T)``.
 
-        With ``caches`` (one :class:`~llmbook.attention.KVCache` per block, from :meth:`new_kv_caches`) ``idx``
-        continues the sequence held in the caches, and its positions start where the caches end.
+        With ``caches`` (one :class:`~llmbook.attention.KVCache` per block, from
+        :meth:`new_kv_caches`), ``idx`` continues the sequence held in the caches: its
+        positions start where the caches end.
         """
         if idx.dim() != 2:
-            raise ValueError(f"idx must have shape (batch, time), got shape {tuple(idx.shape)}")
+            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
         if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"expected one KV cache per block ({len(self.blocks)}), got {len(caches)}")
+            raise ValueError(
+                f"expected one KV cache per block ({len(self.blocks)}), got {len(caches)}"
+            )
         B, T = idx.shape
         start = caches[0].length if caches is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(
                 f"positions {start}..{start + T - 1} exceed the context length block_size="
-                f"{self.config.block_size}; crop the input to its last {self.config.block_size} tokens"
+                f"{self.config.block_size}; crop the input to its last "
+                f"{self.config.block_size} tokens"
             )
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(T, start)  # (T, C) broadcast over the batch
+            x = x + self.pos_emb(T, start)  # (T, C), broadcast over the batch
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rotary=self.rotary, cache=caches[i] if caches is not None else None)
+            x = block(x, rotary=self.rotary, cache=None if caches is None else caches[i])
         return self.norm_f(x)  # (B, T, C)
 
-    def forward(
-        self, idx: Tensor, targets: Tensor | None = None, *, caches: list[KVCache] | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """Logits ``(B, T, V)`` for every position and, given ``targets`` ``(B, T)``, the mean cross-entropy
-        in nats per token (positions whose target is -100 are ignored, PyTorch's convention)."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *,
+                caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits ``(B, T, V)`` at every position and, given ``targets`` ``(B, T)``, the mean
+        cross-entropy in nats per token (targets of -100 are ignored, PyTorch's convention)."""
         logits = self.lm_head(self.hidden_states(idx, caches=caches))  # (B, T, V)
         if targets is None:
             return logits, None
         if targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            raise ValueError(
+                f"targets must have the shape of idx {tuple(idx.shape)}, "
+                f"got {tuple(targets.shape)}"
+            )
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=-100)
         return logits, loss
 
-    def new_kv_caches(
-        self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None
-    ) -> list[KVCache]:
-        """Empty key/value caches, one per block, on the model's device; ``max_len`` defaults to the context.
+    def new_kv_caches(self, batch_size: int, max_len: int | None = None, *,
+                      dtype: torch.dtype | None = None) -> list[KVCache]:
+        """Empty key/value caches, one per block, on the model's device (``max_len`` defaults
+        to the context length).
 
-        The caches hold keys and values in the dtype attention computes them in: ``dtype`` if given, else the
-        autocast dtype when autocast is on for the model's device, else the weights' dtype.
+        They hold keys and values in the dtype attention computes them in: ``dtype`` if given,
+        else autocast's dtype when autocast is on for the model's device, else the weights'.
         """
         weight = self.tok_emb.weight
         if dtype is None:
             device_type = weight.device.type
-            autocast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
-            dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
+            on = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+            dtype = torch.get_autocast_dtype(device_type) if on else weight.dtype
         max_len = self.config.block_size if max_len is None else max_len
-        return [
-            KVCache(batch_size, self.config.kv_heads, max_len, self.config.head_dim,
-                    device=weight.device, dtype=dtype)
-            for _ in self.blocks
-        ]
+        return [KVCache(batch_size, self.config.kv_heads, max_len, self.config.head_dim,
+                        device=weight.device, dtype=dtype)
+                for _ in self.blocks]
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Trainable parameters, each shared tensor counted once.
+        """Trainable parameters, a shared tensor counted once.
 
-        ``non_embedding=True`` leaves out the lookup tables (token and learned position embeddings), the
-        convention of Kaplan et al. (2020) for scaling laws. With tied weights the output head *is* the token
-        table and goes too; an untied head is a real matrix multiply and stays.
+        ``non_embedding=True`` leaves out the lookup tables (token and learned position
+        embeddings), the convention of Kaplan et al. (2020) for scaling laws. With tied weights
+        the output head *is* the token table and goes too; an untied head is a real matrix
+        multiply and stays.
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -352,20 +359,21 @@ class GPT(nn.Module):
         return n
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Counting: parameters, FLOPs, memory, from the config alone (so a 7B model costs nothing to count)
+# -----------------------------------------------------------------------------------------
+# Counting parameters, FLOPs and memory from the configuration alone: a 7B model costs nothing
 
 
 def count_parameters(config: GPTConfig) -> dict[str, int]:
-    """Parameters of ``GPT(config)`` by component, computed from the shapes; ``sum(...)`` is the total.
+    """The parameters of ``GPT(config)`` by component, from the shapes alone.
 
-    Keys: ``token_embedding``, ``position_embedding``, ``attention``, ``mlp``, ``norms``, ``output_head``
-    (zero when tied: the head is the token embedding).
+    Keys: ``token_embedding``, ``position_embedding``, ``attention``, ``mlp``, ``norms`` and
+    ``output_head`` (zero when tied: the head is the token embedding); the values sum to the
+    total.
     """
     C, L, V = config.d_model, config.n_layer, config.vocab_size
     b = 1 if config.bias else 0
-    qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
-    attention = (C * qkv_out + b * qkv_out) + (C * C + b * C)
+    qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim  # q, k, v side by side
+    attention = (C * qkv_out + b * qkv_out) + (C * C + b * C)  # qkv, then output projection
     n_in = 2 * config.d_ff if config.gated else config.d_ff
     mlp = (C * n_in + b * n_in) + (config.d_ff * C + b * C)
     norm = C if config.norm == "rmsnorm" else C * (1 + b)
@@ -381,8 +389,8 @@ def count_parameters(config: GPTConfig) -> dict[str, int]:
 
 
 def matmul_parameters(config: GPTConfig) -> int:
-    """The weights that take part in a matrix multiply for every token: the attention and MLP matrices and
-    the output head (tied or not). Lookups, biases and norm gains cost no multiplies."""
+    """The weights that every token meets in a matrix multiply: the attention and MLP matrices
+    and the output head, tied or not. Lookups, biases and norm gains cost no multiplies."""
     C = config.d_model
     qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
     n_in = 2 * config.d_ff if config.gated else config.d_ff
@@ -390,18 +398,20 @@ def matmul_parameters(config: GPTConfig) -> int:
     return config.n_layer * per_layer + config.vocab_size * C
 
 
-def flops_per_token(config: GPTConfig, seq_len: int | None = None, *, training: bool = True) -> int:
-    """Floating-point operations per token, counting a multiply-add as two (PaLM, Chowdhery et al. 2022, App. B).
+def flops_per_token(config: GPTConfig, seq_len: int | None = None, *,
+                    training: bool = True) -> int:
+    """Floating-point operations per token, a multiply-add counting as two (Chapter 4; PaLM,
+    Chowdhery et al., 2022, appendix B).
 
-    A token's forward pass multiplies it by every weight matrix once, ``2 N`` with ``N`` the
-    :func:`matmul_parameters`, and in each layer scores it against ``T`` keys and mixes ``T`` values,
-    ``2 * 2 T C``. The backward pass costs twice the forward, so training costs
+    A token's forward pass meets every weight matrix once, ``2 N`` with ``N`` the
+    :func:`matmul_parameters`, and in each layer scores its query against ``T`` keys and mixes
+    ``T`` values, ``2 * 2 T C``. The backward pass costs twice the forward, so training costs
 
         6 N + 12 L T C
 
-    per token (``training=False`` gives the forward third). Causal masking could skip half of the attention
-    term; like PaLM (and ``FlopCounterMode``) we count the full ``T x T`` product. ``seq_len`` defaults to the
-    context length.
+    per token (``training=False``: the forward third). A causal mask could skip half of the
+    attention term; like PaLM and ``FlopCounterMode`` we count the full ``T x T`` product.
+    ``seq_len`` defaults to the context length.
     """
     T = config.block_size if seq_len is None else seq_len
     if T < 1:
@@ -410,7 +420,9 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None, *, training: 
     return 3 * forward if training else forward
 
 
-def kv_cache_bytes(config: GPTConfig, seq_len: int, batch_size: int = 1, bytes_per_element: int = 2) -> int:
-    """Memory of a full KV cache: keys and values, every layer, every key/value head (bfloat16 by default)."""
+def kv_cache_bytes(config: GPTConfig, seq_len: int, batch_size: int = 1,
+                   bytes_per_element: int = 2) -> int:
+    """Memory of a full KV cache: a key and a value vector per layer, key/value head and
+    position (bfloat16 by default)."""
     per_token = 2 * config.n_layer * config.kv_heads * config.head_dim * bytes_per_element
     return per_token * seq_len * batch_size
