@@ -213,8 +213,12 @@ def pdf(profile: str) -> Path:
     if shutil.which("xelatex") is None:
         raise BuildError("xelatex is not installed; run `make tex` as root, or see README.md for the Debian packages")
     stage = prepare_stage(profile)
-    _jupyter_book(stage, "pdflatex")
     path = pdf_path(profile)
+    # LaTeX reads its own .aux/.toc from the previous run; an interrupted run leaves them truncated and
+    # every later run fails on them, and a stale PDF could pass the check. Start the LaTeX side clean.
+    if path.parent.exists():
+        shutil.rmtree(path.parent)
+    _jupyter_book(stage, "pdflatex")
     if not path.is_file():
         raise BuildError(f"the LaTeX build finished but {path} is missing")
     print(f"PDF: {path}")
