@@ -1,0 +1,493 @@
+"""Tests for llmbook.train (Chapter 5): the objective, batches, evaluation, the loop,
+checkpoints, the cached model, the baselines and the command line. Tiny models on a small
+synthetic corpus keep each test quick."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmbook import data, train
+from llmbook.model import GPTConfig
+from llmbook.profiles import PROFILES, TrainSettings
+from llmbook.train import (
+    CheckpointError,
+    TokenSplit,
+    TrainConfig,
+    Trainer,
+    bits_per_char,
+    char_ngram_bits_per_char,
+    cross_entropy,
+    eval_windows,
+    evaluate,
+    gather_windows,
+)
+
+TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nO Romeo, Romeo, wherefore art "
+        "thou Romeo?\n\n")
+MODEL = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, d_model=32, dropout=0.0,
+                  norm="rmsnorm", activation="swiglu", pos_encoding="rope", bias=False)
+SETTINGS = dataclasses.replace(
+    PROFILES["cpu"].train, steps=12, batch_size=4, grad_accum=1, lr=1e-2, min_lr=1e-3, warmup_steps=2,
+    eval_interval=4, eval_tokens=128, log_interval=2, dropout=0.0, keep_best=False, optimizer="fused",
+)
+TIMING_FIELDS = ("tokens_per_s", "mfu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and stay fast when other processes load the
+    machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_split(path: Path, text: str, name: str) -> TokenSplit:
+    ids = np.frombuffer(text.encode(), dtype=np.uint8)
+    data.write_token_file(path / f"{name}.bin", ids, vocab_size=256, tokenizer="bytes")
+    return TokenSplit(data.TokenFile(path / f"{name}.bin"), len(text), name)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory) -> dict[str, TokenSplit]:
+    folder = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    lines = TEXT.split("\n")
+    # Training text: the speeches again and again; held-out text: the same lines shuffled.
+    return {"train": make_split(folder, TEXT * 40, "train"),
+            "val": make_split(folder, "\n".join(rng.permutation(lines * 3)), "val"),
+            "test": make_split(folder, "\n".join(rng.permutation(lines * 2)), "test")}
+
+
+def make_config(**settings) -> TrainConfig:
+    model_fields = {k: settings.pop(k) for k in list(settings) if k in GPTConfig.__dataclass_fields__}
+    return TrainConfig(dataclasses.replace(MODEL, **model_fields), dataclasses.replace(SETTINGS, **settings),
+                       seed=7, data="synthetic")
+
+
+def without_timings(log: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k not in TIMING_FIELDS} for record in log]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The objective
+
+
+def test_cross_entropy_matches_torch_values_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 7, 11, generator=gen) * 4).requires_grad_()
+    targets = torch.randint(0, 11, (3, 7), generator=gen)
+    targets[0, :3] = -100  # ignored positions
+    ours = cross_entropy(logits, targets)
+    theirs = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(ours, theirs)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_theirs,) = torch.autograd.grad(theirs, logits)
+    torch.testing.assert_close(g_ours, g_theirs)
+
+
+def test_cross_entropy_is_stable_for_huge_logits_and_equals_ln_v_for_uniform():
+    logits = torch.tensor([[1e4, -1e4, 0.0]])
+    assert torch.isfinite(cross_entropy(logits, torch.tensor([1]))) and float(cross_entropy(logits, torch.tensor([1]))) == 2e4
+    uniform = cross_entropy(torch.zeros(5, 256), torch.arange(5))
+    assert float(uniform) == pytest.approx(math.log(256))
+
+
+def test_cross_entropy_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="vocabulary dimension"):
+        cross_entropy(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_bits_per_char():
+    assert bits_per_char(1000 * math.log(256), 1000) == pytest.approx(8.0)  # uniform over bytes: 8 bits
+    assert bits_per_char(100.0, 50) == pytest.approx(2 / math.log(2))
+    with pytest.raises(ValueError, match="n_chars"):
+        bits_per_char(1.0, 0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Batches and evaluation
+
+
+def test_gather_windows_equals_token_windows(splits):
+    tokens = splits["train"].tokens
+    windows = data.TokenWindows(tokens, 16, stride=1)
+    starts = np.array([0, 5, 999, len(windows) - 1])
+    x, y = gather_windows(tokens.ids, starts, 16)
+    for row, start in enumerate(starts):
+        wx, wy = windows[int(start)]
+        assert torch.equal(x[row], wx) and torch.equal(y[row], wy)
+
+
+def test_batch_stream_resumes_exactly(splits):
+    stream = train.BatchStream(splits["train"].tokens, 16, 4, seed=3)
+    for _ in range(5):
+        stream.next_batch()
+    state = stream.state_dict()
+    expected = [stream.next_batch() for _ in range(3)]
+    resumed = train.BatchStream(splits["train"].tokens, 16, 4, seed=3)
+    resumed.load_state_dict(state)
+    for (x, y), (rx, ry) in zip(expected, (resumed.next_batch() for _ in range(3))):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+@pytest.mark.parametrize("n_tokens, block", [(17, 16), (18, 16), (100, 16), (97, 8), (65, 8), (1000, 37)])
+def test_eval_windows_score_every_target_exactly_once(n_tokens, block):
+    starts, skips = eval_windows(n_tokens, block)
+    scored = Counter()
+    for start, skip in zip(starts, skips):
+        assert 0 <= start and start + block + 1 <= n_tokens
+        scored.update(range(start + 1 + skip, start + block + 1))  # target positions of this window
+    assert scored == Counter(range(1, n_tokens))
+
+
+def test_eval_windows_rejects_short_stream():
+    with pytest.raises(ValueError, match="too few"):
+        eval_windows(10, 16)
+
+
+def test_evaluate_counts_every_token_and_converts_to_bits_per_char(splits):
+    trainer = Trainer(make_config(), splits["train"], splits["val"])
+    model = trainer.model
+    with torch.no_grad():  # a model whose logits are all zero predicts the uniform distribution: ln V per token
+        model.tok_emb.weight.zero_()
+    model.train()
+    val = splits["val"]
+    result = evaluate(model, val, batch_size=3)
+    assert model.training  # restored
+    assert result.complete and result.tokens == len(val.tokens) - 1
+    assert result.nats_per_token == pytest.approx(math.log(256))
+    assert result.bits_per_char == pytest.approx(bits_per_char(math.log(256) * (len(val.tokens) - 1), val.n_chars))
+    partial = evaluate(model, val, batch_size=3, max_tokens=64)
+    assert not partial.complete and partial.tokens <= 64 and partial.nats_per_token == pytest.approx(math.log(256))
+
+
+def test_evaluate_agrees_with_the_model_loss_on_whole_windows(splits):
+    """On a stream of exactly k windows plus one token, evaluation is the mean of the model's
+    own losses."""
+    trainer = Trainer(make_config(), splits["train"], splits["val"])
+    ids = splits["val"].tokens.ids[: 3 * 16 + 1]
+    x = torch.from_numpy(np.stack([ids[i * 16 : i * 16 + 16] for i in range(3)]).astype(np.int64))
+    y = torch.from_numpy(np.stack([ids[i * 16 + 1 : i * 16 + 17] for i in range(3)]).astype(np.int64))
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = float(trainer.model(x, y)[1])
+    folder = splits["val"].tokens.path.parent
+    small = make_split(folder, bytes(ids).decode(), "val-small")
+    assert evaluate(trainer.model, small, batch_size=2).nats_per_token == pytest.approx(expected, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def test_training_learns_the_text(splits):
+    trainer = Trainer(make_config(steps=60, lr=3e-2, warmup_steps=5, eval_interval=60), splits["train"],
+                      splits["val"])
+    log = trainer.fit()
+    train_records = [r for r in log if r["kind"] == "train"]
+    counts = np.bincount(np.frombuffer(TEXT.encode(), dtype=np.uint8))
+    probs = counts[counts > 0] / counts.sum()
+    unigram_nats = float(-(probs * np.log(probs)).sum())  # the best loss without looking at any context
+    assert train_records[0]["loss"] > 4.0  # near ln 256 = 5.5 at the start
+    assert train_records[-1]["loss"] < 0.7 * unigram_nats  # it has learned to use the context
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert len(evals) == 1 and evals[0]["step"] == 60
+    assert evals[0]["train_bpc"] < unigram_nats / math.log(2)
+
+
+def test_log_records_and_schedule(splits, tmp_path):
+    trainer = Trainer(make_config(), splits["train"], splits["val"], log_path=tmp_path / "log.jsonl")
+    log = trainer.fit()
+    assert [r["step"] for r in log if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in log if r["kind"] == "eval"] == [4, 8, 12]
+    assert [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()] == log
+    record = log[0]
+    assert record["tokens"] == 2 * 4 * 16 and record["tokens_per_s"] > 0 and record["mfu"] is None
+    assert record["lr"] == pytest.approx(trainer.schedule(1))  # the lr of the record's (last) step
+    assert set(trainer.timings) == {"train", "eval", "checkpoint", "log"}
+
+
+def test_mfu_uses_the_model_flops_and_the_peak(splits):
+    trainer = Trainer(make_config(steps=2, warmup_steps=1, log_interval=2), splits["train"], splits["val"])
+    trainer.peak_flops = 1e12  # as if on a GPU we know
+    record = trainer.fit()[0]
+    assert record["mfu"] == pytest.approx(record["tokens_per_s"] * trainer.flops_per_token / 1e12)
+
+
+def test_training_is_deterministic(splits):
+    config = make_config(dropout=0.1, steps=6)
+    a, b = (Trainer(config, splits["train"], splits["val"]) for _ in range(2))
+    torch.manual_seed(123)  # the global RNG state before a run must not matter ...
+    log_a = a.fit()
+    outside = torch.get_rng_state()
+    log_b = b.fit()
+    assert torch.equal(torch.get_rng_state(), outside)  # ... and a run leaves it alone
+    assert_same_weights(a.model, b.model)
+    assert without_timings(log_a) == without_timings(log_b)
+
+
+def test_gradient_accumulation_equals_one_large_batch(splits):
+    """Two micro-batches of 2 sequences accumulate the gradient of one batch of the same 4
+    sequences."""
+    big = Trainer(make_config(batch_size=4, grad_accum=1, steps=3, optimizer="ours"), splits["train"], splits["val"])
+    small = Trainer(make_config(batch_size=2, grad_accum=2, steps=3, optimizer="ours"), splits["train"],
+                    splits["val"])
+    # Feed both the same sequences: the accumulating trainer reads the big trainer's batches in two halves.
+    batches = [big.batches.next_batch() for _ in range(3)]
+    big_iter, small_iter = iter(batches), iter(half for x, y in batches for half in ((x[:2], y[:2]), (x[2:], y[2:])))
+    big.batches.next_batch = lambda: next(big_iter)
+    small.batches.next_batch = lambda: next(small_iter)
+    for _ in range(3):
+        big.train_step()
+        small.train_step()
+    for p, q in zip(big.model.parameters(), small.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5)  # summation order differs, Adam divides
+
+
+def test_bfloat16_autocast_path_on_cpu(splits):
+    trainer = Trainer(make_config(dtype="bfloat16", steps=4, eval_interval=4), splits["train"], splits["val"])
+    log = trainer.fit()
+    assert all(math.isfinite(r["loss"]) for r in log if r["kind"] == "train")
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast keeps float32 weights
+
+
+def test_compiled_model_trains_and_checkpoints_plain_weights(splits, tmp_path):
+    trainer = Trainer(make_config(compile=True, steps=2, warmup_steps=1), splits["train"], splits["val"],
+                      compile_options={"backend": "eager"})  # the inductor backend needs minutes on a CPU
+    assert trainer.forward is not trainer.model
+    trainer.fit(checkpoint_path=tmp_path / "ckpt.pt")
+    state = train.load_checkpoint(tmp_path / "ckpt.pt")
+    assert not any(key.startswith("_orig_mod") for key in state["model"])
+
+
+def test_keep_best_selects_the_lowest_validation_loss(splits):
+    trainer = Trainer(make_config(keep_best=True), splits["train"], splits["val"])
+    log = trainer.fit()
+    evals = [r for r in log if r["kind"] == "eval"]
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert trainer.best["step"] == best["step"] and trainer.best["val_loss"] == best["val_loss"]
+    trainer.use_best()
+    assert trainer.evaluate(splits["val"], SETTINGS.eval_tokens).nats_per_token == pytest.approx(best["val_loss"])
+
+
+def test_diverging_run_is_a_clear_error(splits):
+    trainer = Trainer(make_config(steps=2, warmup_steps=1, log_interval=2), splits["train"], splits["val"])
+    with torch.no_grad():
+        trainer.model.tok_emb.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        trainer.fit()
+
+
+def test_trainer_rejects_bad_setups(splits):
+    with pytest.raises(ValueError, match="vocabulary"):
+        Trainer(make_config(vocab_size=100), splits["train"], splits["val"])
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(SETTINGS, splits["train"], splits["val"])
+    with pytest.raises(ValueError, match="until"):
+        Trainer(make_config(), splits["train"], splits["val"]).fit(until=SETTINGS.steps + 1)
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(MODEL, SETTINGS, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no GPU"):
+            Trainer(TrainConfig(MODEL, SETTINGS, device="cuda"), splits["train"], splits["val"])
+
+
+def test_train_settings_validation():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        dataclasses.replace(SETTINGS, warmup_steps=SETTINGS.steps)
+    with pytest.raises(ValueError, match="dtype"):
+        dataclasses.replace(SETTINGS, dtype="float16")
+    with pytest.raises(ValueError, match="optimizer"):
+        dataclasses.replace(SETTINGS, optimizer="sgd")
+    with pytest.raises(ValueError, match="min_lr"):
+        dataclasses.replace(SETTINGS, min_lr=1.0)
+    demos = PROFILES["cpu"].train_demos
+    with pytest.raises(ValueError, match="overfit_dropout"):
+        dataclasses.replace(demos, overfit_dropout=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        dataclasses.replace(demos, sample_tokens=0)
+
+
+def test_profiles_describe_the_book_runs():
+    from llmbook.model import flops_per_token
+
+    cpu = TrainConfig.for_profile("cpu", vocab_size=2048)
+    gpu = TrainConfig.for_profile("gpu", vocab_size=8192, steps=10, warmup_steps=1)
+    assert cpu.device == "cpu" and cpu.settings.dtype == "float32" and not cpu.settings.compile
+    assert gpu.device == "cuda" and gpu.settings.dtype == "bfloat16" and gpu.settings.compile
+    assert gpu.model.dropout == PROFILES["gpu"].train.dropout and gpu.settings.steps == 10
+    assert 8e6 < flops_per_token(gpu.model) / 6 < 2e7  # ~10M parameters in matrix multiplies
+    assert train.peak_flops(torch.device("cpu"), "bfloat16") is None
+    assert train.PEAK_FLOPS["H100"]["bfloat16"] == 989e12
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@pytest.mark.parametrize("optimizer", ["fused", "ours"])
+def test_resume_continues_bit_for_bit(splits, tmp_path, optimizer):
+    """N steps straight equal N/2 steps, a checkpoint, a fresh trainer resuming, and N/2 more
+    steps."""
+    config = make_config(dropout=0.1, grad_accum=2, optimizer=optimizer, log_interval=3, eval_interval=5)
+    straight = Trainer(config, splits["train"], splits["val"])
+    straight.fit()
+
+    first = Trainer(config, splits["train"], splits["val"], log_path=tmp_path / "log.jsonl")
+    first.fit(until=7, checkpoint_path=tmp_path / "ckpt.pt")  # mid-interval: pending losses are saved too
+    first.train_step()  # progress after the checkpoint is lost, as in a crash
+    del first
+    torch.manual_seed(999)  # a different RNG state; resuming must restore the saved one
+    second = Trainer(config, splits["train"], splits["val"], log_path=tmp_path / "log.jsonl")
+    second.resume(tmp_path / "ckpt.pt")
+    assert second.step == 7
+    second.fit()
+
+    assert_same_weights(straight.model, second.model)
+    for a, b in zip(straight.optimizer.state.values(), second.optimizer.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert without_timings(straight.log) == without_timings(second.log)
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert without_timings(logged) == without_timings(straight.log)
+
+
+def test_checkpoint_holds_the_run_state(splits, tmp_path):
+    trainer = Trainer(make_config(), splits["train"], splits["val"])
+    trainer.fit(until=4, checkpoint_path=tmp_path / "ckpt.pt", checkpoint_interval=2)
+    state = train.load_checkpoint(tmp_path / "ckpt.pt")
+    assert {"model", "optimizer", "schedule", "data", "rng", "step", "config", "log"} <= set(state)
+    assert state["step"] == 4 and state["data"]["position"] == 4
+    assert state["schedule"]["total_steps"] == SETTINGS.steps
+    assert not list(tmp_path.glob(".ckpt.pt.*"))  # no temporary files left behind
+
+
+def test_corrupt_or_foreign_checkpoints_are_clear_errors(splits, tmp_path):
+    trainer = Trainer(make_config(), splits["train"], splits["val"])
+    trainer.fit(until=2, checkpoint_path=tmp_path / "ckpt.pt")
+    raw = (tmp_path / "ckpt.pt").read_bytes()
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x01  # one bit inside the tensor data: torch.load alone would not notice
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    (tmp_path / "future.pt").write_bytes(raw.replace(b"llmbook-checkpoint 1 ", b"llmbook-checkpoint 99 ", 1))
+    fresh = Trainer(make_config(), splits["train"], splits["val"])
+    for name, match in [("flipped.pt", "corrupt or truncated"), ("truncated.pt", "corrupt or truncated"),
+                        ("garbage.pt", "not an llmbook training checkpoint"),
+                        ("other.pt", "not an llmbook training checkpoint"), ("missing.pt", "no checkpoint"),
+                        ("future.pt", "version 99")]:
+        with pytest.raises(CheckpointError, match=match):
+            fresh.resume(tmp_path / name)
+    different = Trainer(make_config(lr=5e-3, d_model=64), splits["train"], splits["val"])
+    with pytest.raises(CheckpointError, match=r"different run .*model.d_model: 32 in the checkpoint, 64 here.*"
+                                              r"settings.lr"):
+        different.resume(tmp_path / "ckpt.pt")
+    fresh.resume(tmp_path / "ckpt.pt")  # the intact file still loads
+    assert fresh.step == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The cached pretrained model
+
+
+def test_pretrained_artifact_is_built_once_and_reloads(splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path))
+    spec = train.PretrainSpec(make_config(keep_best=True), "bytes", "synthetic-val")
+    first = train.cached_pretrained(spec, splits, train.ByteTokenizer())
+    assert {p.name for p in first.path.iterdir()} >= {"model.pt", "log.jsonl", "summary.json", "config.json"}
+    assert first.summary["steps"] == SETTINGS.steps and first.summary["val_tokens"] == len(splits["val"].tokens) - 1
+    assert first.summary["val_bpc"] == pytest.approx(
+        evaluate(first.model, splits["val"], batch_size=4).bits_per_char)
+    assert first.log and first.config == spec.run and not first.model.training
+
+    monkeypatch.setattr(train.Trainer, "fit", lambda *a, **k: pytest.fail("a cached model must not retrain"))
+    second = train.cached_pretrained(spec, splits, train.ByteTokenizer())
+    assert second.path == first.path and second.log == first.log
+    assert_same_weights(first.model, second.model)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def naive_ngram_bits(train_text: str, eval_text: str, order: int, alpha: float) -> float:
+    alphabet = set(train_text) | set(eval_text)
+    bits = 0.0
+    for i, ch in enumerate(eval_text):
+        n = min(order, i + 1)
+        history = eval_text[i - n + 1 : i]
+        grams = Counter(train_text[j : j + n] for j in range(len(train_text) - n + 1))
+        contexts = Counter(train_text[j : j + n - 1] for j in range(len(train_text) - n + 1))
+        p = (grams[history + ch] + alpha) / (contexts[history] + alpha * len(alphabet))
+        bits -= math.log2(p)
+    return bits / len(eval_text)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_char_ngram_baseline_matches_a_direct_count(order):
+    train_text, eval_text = TEXT * 3, "Romeo, what light? Zounds!\n"
+    ours = char_ngram_bits_per_char(train_text, eval_text, order, alpha=0.5)
+    assert ours == pytest.approx(naive_ngram_bits(train_text, eval_text, order, 0.5), rel=1e-10)
+
+
+def test_char_ngram_baseline_sanity():
+    assert char_ngram_bits_per_char("abcd" * 100, "dcba" * 5, 1) == pytest.approx(2.0, abs=1e-2)  # uniform
+    assert char_ngram_bits_per_char("ab" * 200, "ab" * 20, 2, alpha=1e-3) < 0.05  # fully predictable
+    with pytest.raises(ValueError, match="order"):
+        char_ngram_bits_per_char("ab", "ab", 0)
+    with pytest.raises(ValueError, match="alpha"):
+        char_ngram_bits_per_char("ab", "ab", 1, alpha=0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_command_line_run_resume_and_errors(tmp_path, capsys):
+    args = ["--profile", "cpu", "--tokenizer", "bytes", "--out", str(tmp_path / "run"), "--no-progress",
+            "--set", "steps=3", "warmup_steps=1", "batch_size=2", "eval_interval=3", "eval_tokens=64",
+            "--model", "n_layer=1", "d_model=32", "block_size=16"]
+    assert train.main(args + ["--checkpoint-interval", "1"]) == 0
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2  # at the last step: train, eval
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["val_bpc"] > 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(args)
+    assert train.main(args + ["--resume"]) == 0  # already finished: resuming changes nothing
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_bpc"] == summary["val_bpc"]
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        train.main(["--profile", "cpu", "--out", str(tmp_path / "x"), "--set", "nonsense=1"])
+    with pytest.raises(SystemExit, match="cannot read"):
+        train.main(["--profile", "cpu", "--out", str(tmp_path / "x"), "--set", "steps=many"])
+
+
+def test_command_line_refuses_multi_process_runs_for_now(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="data parallelism"):
+        train.main(["--profile", "cpu", "--out", "unused"])
+
+
+def test_module_runs_as_a_program():
+    result = subprocess.run([sys.executable, "-m", "llmbook.train", "--help"], capture_output=True, text=True,
+                            check=True)
+    assert "--profile" in result.stdout and "Chapter 5" in result.stdout
