@@ -124,6 +124,15 @@ def test_mlp_hidden_width_follows_llama_rule():
 # Layers against the library modules that do the same job
 
 
+def _assert_same_function(ours, ref, x):
+    """Same outputs, and the same input gradients through autograd."""
+    torch.testing.assert_close(ours(x), ref(x))
+    x = x.clone().requires_grad_(True)
+    (g_ours,) = torch.autograd.grad(ours(x).sin().sum(), x)
+    (g_ref,) = torch.autograd.grad(ref(x).sin().sum(), x)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 def test_layernorm_matches_torch(bias, fused):
@@ -137,11 +146,7 @@ def test_layernorm_matches_torch(bias, fused):
         if bias:
             ours.bias.normal_()
             ref.bias.copy_(ours.bias)
-    torch.testing.assert_close(ours(x), ref(x))
-    x.requires_grad_(True)
-    (g_ours,) = torch.autograd.grad(ours(x).sin().sum(), x)
-    (g_ref,) = torch.autograd.grad(ref(x).sin().sum(), x)
-    torch.testing.assert_close(g_ours, g_ref)
+    _assert_same_function(ours, ref, x)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -153,11 +158,7 @@ def test_rmsnorm_matches_torch(fused):
     with torch.no_grad():
         ours.weight.normal_()
         ref.weight.copy_(ours.weight)
-    torch.testing.assert_close(ours(x), ref(x))
-    x.requires_grad_(True)
-    (g_ours,) = torch.autograd.grad(ours(x).sin().sum(), x)
-    (g_ref,) = torch.autograd.grad(ref(x).sin().sum(), x)
-    torch.testing.assert_close(g_ours, g_ref)
+    _assert_same_function(ours, ref, x)
 
 
 @pytest.mark.parametrize("fused", [False, True])
