@@ -33,3 +33,21 @@ def test_chapter_has_a_title_parameters_and_a_profile(path):
     assert len(params) == 1 and params[0].source.strip() == 'profile = "cpu"'
     assert any("profiles.start(profile)" in c.source for c in nb.cells if c.cell_type == "code")
     assert f"chapters/{path.stem}" in TOC, f"{path.name} is missing from _toc.yml"
+
+
+# Targets of {numref}/{ref}: a `:name:` option in markdown, a `name=` in a code cell (markdown_table), a
+# `(label)=` target. Sphinx numbers and links them book-wide, so two chapters must not share one.
+LABEL = re.compile(r"^:name:\s*(\S+)|\bname=\"([\w-]+)\"|^\(([\w-]+)\)=$", flags=re.M)
+
+
+def test_cross_reference_labels_are_unique_across_the_book():
+    seen: dict[str, str] = {}
+    clashes = []
+    for path in CHAPTERS:
+        nb = nbformat.read(path, as_version=4)
+        for label in {next(g for g in m.groups() if g) for c in nb.cells for m in LABEL.finditer(c.source)}:
+            if label in seen:
+                clashes.append(f"{label!r} in {seen[label]} and {path.name}")
+            seen[label] = path.name
+    assert seen, "no labels found: the pattern no longer matches the chapters"
+    assert not clashes, f"duplicate labels (rename one): {clashes}"
