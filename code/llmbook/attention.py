@@ -574,7 +574,8 @@ ATTENTION_IMPLEMENTATIONS: dict[str, AttentionFn] = {
 }
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait until a GPU has finished the work queued so far (CUDA runs asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -610,11 +611,11 @@ def peak_memory_bytes(fn: Callable[[], object],
     """
     device = torch.device(device)
     if device.type == "cuda":
-        _synchronize(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
-        _synchronize(device)
+        synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     # the profiler's event tree is the one place that logs CPU allocations
     from torch._C._profiler import _EventType
@@ -649,10 +650,10 @@ def best_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1,
         fn()
     times = []
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 

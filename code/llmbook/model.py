@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmbook.attention import CausalSelfAttention, KVCache
+from llmbook.attention import kv_cache_bytes as kv_cache_bytes_of_shape
 from llmbook.layers import (
     ACTIVATIONS,
     GATED_ACTIVATIONS,
@@ -424,5 +425,6 @@ def kv_cache_bytes(config: GPTConfig, seq_len: int, batch_size: int = 1,
                    bytes_per_element: int = 2) -> int:
     """Memory of a full KV cache: a key and a value vector per layer, key/value head and
     position (bfloat16 by default)."""
-    per_token = 2 * config.n_layer * config.kv_heads * config.head_dim * bytes_per_element
-    return per_token * seq_len * batch_size
+    return kv_cache_bytes_of_shape(n_layers=config.n_layer, n_kv_heads=config.kv_heads,
+                                   head_dim=config.head_dim, seq_len=seq_len,
+                                   batch_size=batch_size, bytes_per_value=bytes_per_element)

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from llmbook import data
 from llmbook.artifacts import (atomic_write_bytes, atomic_write_text, cached_artifact,
                                config_dict)
+from llmbook.attention import synchronize
 from llmbook.model import GPT, GPTConfig, flops_per_token
 from llmbook.optim import WarmupCosine, clip_grad_norm, make_optimizer, set_learning_rate
 from llmbook.profiles import Profile, TrainSettings, get_profile
@@ -243,12 +244,6 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstract
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait until a GPU has finished the work queued so far (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------------------------------
 # 3. The run configuration and the loop
 # ---------------------------------------------------------------------------------------------
@@ -396,12 +391,8 @@ class Trainer:
                 _, loss = self.forward(x, y)
             (loss / s.grad_accum).backward()  # gradients add up: the mean over micro-batches
             loss_sum += loss.detach()
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        if s.grad_clip > 0:
-            grad_norm = clip_grad_norm(parameters, s.grad_clip)
-        else:
-            norms = torch.stack([p.grad.norm() for p in parameters])
-            grad_norm = torch.linalg.vector_norm(norms)
+        # grad_clip 0 means no clipping: an infinite threshold still measures the norm, for the log
+        grad_norm = clip_grad_norm(self.model.parameters(), s.grad_clip or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
