@@ -30,13 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmbook.attention import (
-    ATTENTION_IMPLEMENTATIONS,
-    CausalSelfAttention,
-    measure_attention_cost,
-    scaled_dot_product_attention,
-    tiled_attention,
-)
+from llmbook.attention import CausalSelfAttention, scaled_dot_product_attention
+from llmbook.flash import ATTENTION_IMPLEMENTATIONS, measure_attention_cost, tiled_attention
 
 
 def machine_info(device: torch.device) -> dict:

@@ -19,7 +19,6 @@ Usage: ``python benchmarks/model.py [--quick] [--threads N] [--decode-threads N]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics

@@ -30,7 +30,6 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from llmbook import data
 from llmbook.artifacts import atomic_write_text
 from llmbook.optim import AdamW, clip_grad_norm
 from llmbook.profiles import get_profile
+from llmbook.measure import median_seconds
 from llmbook.train import TokenSplit, TrainConfig, Trainer
 
 
@@ -50,17 +50,8 @@ def random_split(folder: Path, name: str, n_tokens: int, vocab_size: int) -> Tok
     return TokenSplit(data.TokenFile(path), n_chars=3 * n_tokens, name=name)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def step_throughput(config: TrainConfig, splits: dict, steps: int) -> dict:
-    trainer = Trainer(config, splits["train"], splits["val"])
+    trainer = Trainer.for_text(config, splits["train"], splits["val"])
     model, optimizer, s = trainer.model, trainer.optimizer, config.settings
     x, y = trainer.batches.next_batch()
 
@@ -78,7 +69,7 @@ def step_throughput(config: TrainConfig, splits: dict, steps: int) -> dict:
     for r in range(steps):  # alternate, so that load from other processes hits both alike
         pair = [(trainer_s, trainer.train_step), (bare_s, bare_step)]
         for times, fn in pair if r % 2 == 0 else reversed(pair):
-            times.append(median_seconds(fn, 1))
+            times.append(median_seconds(fn, repeats=1))
     step_s, bare = statistics.median(trainer_s), statistics.median(bare_s)
     return {
         "seconds_per_step": round(step_s, 4),
@@ -108,7 +99,7 @@ def optimizer_step(config: TrainConfig, repeats: int) -> dict:
             p.grad = g
         opt = make(params)
         opt.step()  # creates the state
-        ms[name] = 1000 * median_seconds(opt.step, repeats)
+        ms[name] = 1000 * median_seconds(opt.step, repeats=repeats)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         **{f"{name}_ms": round(v, 3) for name, v in ms.items()},
@@ -119,13 +110,13 @@ def optimizer_step(config: TrainConfig, repeats: int) -> dict:
 def loop_overhead(config: TrainConfig, splits: dict, seconds_per_step: float, repeats: int,
                   folder: Path) -> dict:
     s = config.settings
-    trainer = Trainer(config, splits["train"], splits["val"], log_path=folder / "log.jsonl")
+    trainer = Trainer.for_text(config, splits["train"], splits["val"], log_path=folder / "log.jsonl")
     trainer.train_step()
-    eval_s = median_seconds(trainer._eval_record, repeats)
-    checkpoint_s = median_seconds(lambda: trainer.save_checkpoint(folder / "ckpt.pt"), repeats)
+    eval_s = median_seconds(trainer._eval_record, repeats=repeats)
+    checkpoint_s = median_seconds(lambda: trainer.save_checkpoint(folder / "ckpt.pt"), repeats=repeats)
     record = {"kind": "train", "step": 1, "loss": 1.0, "lr": 1e-3, "grad_norm": 1.0,
               "tokens_per_s": 1.0}
-    log_s = median_seconds(lambda: trainer._append(dict(record)), 50)
+    log_s = median_seconds(lambda: trainer._append(dict(record)), repeats=50)
     per_step = {
         "eval": eval_s / s.eval_interval,
         "log": log_s / s.log_interval,
@@ -152,7 +143,7 @@ def measured_fit(config: TrainConfig, splits: dict, steps: int, folder: Path) ->
     short = dataclasses.replace(config, settings=dataclasses.replace(
         s, steps=steps, warmup_steps=1, eval_interval=interval,
         log_interval=max(1, min(s.log_interval, interval))))
-    trainer = Trainer(short, splits["train"], splits["val"], log_path=folder / "fit.jsonl")
+    trainer = Trainer.for_text(short, splits["train"], splits["val"], log_path=folder / "fit.jsonl")
     trainer.fit(checkpoint_path=folder / "fit.pt", checkpoint_interval=interval)
     t = trainer.timings
     overhead = (t["eval"] + t["log"] + t["checkpoint"]) / t["train"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmbook import data
+from llmbook import batches, data
 
 
 # --- source ------------------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_corrupt_token_files_are_clear_errors(tmp_path):
 
 
 def test_byte_token_files_decode_to_the_split(corpus):
-    tokens = data.byte_token_file("val")
+    tokens = batches.byte_token_file("val")
     assert tokens.vocab_size == 256
     assert bytes(tokens.ids).decode("utf-8") == data.load_split("val")
 
@@ -222,7 +222,7 @@ def test_byte_token_files_decode_to_the_split(corpus):
 
 def test_windows_targets_are_inputs_shifted_by_one():
     ids = np.arange(103)
-    windows = data.TokenWindows(ids, block_size=10)
+    windows = batches.TokenWindows(ids, block_size=10)
     assert len(windows) == 10  # starts 0, 10, ..., 90; the window at 100 would need ids up to 110
     for i in range(len(windows)):
         x, y = windows[i]
@@ -235,42 +235,42 @@ def test_windows_targets_are_inputs_shifted_by_one():
 
 
 def test_window_boundaries_with_stride_and_exact_fit():
-    windows = data.TokenWindows(np.arange(11), block_size=10)
+    windows = batches.TokenWindows(np.arange(11), block_size=10)
     assert len(windows) == 1 and windows[0][1][-1].item() == 10
-    overlapping = data.TokenWindows(np.arange(20), block_size=10, stride=3)
+    overlapping = batches.TokenWindows(np.arange(20), block_size=10, stride=3)
     assert len(overlapping) == 4 and overlapping[3][0][0].item() == 9 and overlapping[3][1][-1].item() == 19
 
 
 def test_windows_reject_bad_sizes():
     with pytest.raises(ValueError, match="too short"):
-        data.TokenWindows(np.arange(10), block_size=10)
+        batches.TokenWindows(np.arange(10), block_size=10)
     with pytest.raises(ValueError, match="block_size"):
-        data.TokenWindows(np.arange(10), block_size=0)
+        batches.TokenWindows(np.arange(10), block_size=0)
 
 
 def test_sampler_is_a_seeded_resumable_stream():
-    sampler = data.WindowBatchSampler(50, 4, seed=3)
+    sampler = batches.WindowBatchSampler(50, 4, seed=3)
     stream = iter(sampler)
     first = [next(stream) for _ in range(30)]  # crosses several epochs (12 batches each)
     assert all(len(batch) == 4 for batch in first)
     epoch0 = [i for batch in first[:12] for i in batch]
     assert len(set(epoch0)) == 48  # no repeats within an epoch
-    state = data.WindowBatchSampler(50, 4, seed=3)
+    state = batches.WindowBatchSampler(50, 4, seed=3)
     it = iter(state)
     for _ in range(17):
         next(it)
     saved = state.state_dict()
-    resumed = data.WindowBatchSampler(50, 4, seed=3)
+    resumed = batches.WindowBatchSampler(50, 4, seed=3)
     resumed.load_state_dict(saved)
     assert [next(iter(resumed)) for _ in range(1)] == [first[17]]
     with pytest.raises(ValueError, match="seed"):
-        data.WindowBatchSampler(50, 4, seed=4).load_state_dict(saved)
+        batches.WindowBatchSampler(50, 4, seed=4).load_state_dict(saved)
 
 
 def test_sampler_ranks_partition_each_epoch():
-    per_rank = [data.WindowBatchSampler(40, 5, seed=1, rank=r, world_size=2) for r in range(2)]
-    batches = [[next(it) for _ in range(4)] for it in map(iter, per_rank)]
-    seen = [i for rank in batches for batch in rank for i in batch]
+    per_rank = [batches.WindowBatchSampler(40, 5, seed=1, rank=r, world_size=2) for r in range(2)]
+    dealt = [[next(it) for _ in range(4)] for it in map(iter, per_rank)]
+    seen = [i for rank in dealt for batch in rank for i in batch]
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 40
     with pytest.raises(ValueError, match="rank"):
-        data.WindowBatchSampler(40, 5, rank=2, world_size=2)
+        batches.WindowBatchSampler(40, 5, rank=2, world_size=2)

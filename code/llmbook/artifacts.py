@@ -2,18 +2,24 @@
 
 An artifact (the cleaned corpus, a trained tokenizer, a pretrained checkpoint) is a directory under
 :func:`llmbook.paths.cache_dir`. Its key hashes the artifact's kind, its config (a dataclass) and the source of
-the modules that build it, so changing either the config or the code builds a fresh one; nothing goes stale
-silently. Building happens in a temporary directory that is renamed into place only when complete, so an
+the code that builds it: the module that defines the build function and every llmbook module it imports,
+transitively, found by reading their import statements (:func:`code_modules`). Changing the config or any of
+that code builds a fresh artifact, so nothing goes stale; editing a module the builder never imports (a
+chapter's plotting helper, the command line) rebuilds nothing. Building happens in a temporary directory that is renamed into place only when complete, so an
 interrupted build never leaves a half-written artifact behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ast
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -40,18 +46,70 @@ def artifact_key(kind: str, config: Any, modules: Iterable[ModuleType] = ()) -> 
     return digest.hexdigest()[:16]
 
 
-def cached_artifact(
-    kind: str,
-    config: Any,
-    build: Callable[[Path], None],
-    modules: Iterable[ModuleType] = (),
-) -> Path:
-    """Return the directory of artifact ``kind`` for ``config``, calling ``build(tmp_dir)`` first if needed.
+def code_modules(root: str) -> list[ModuleType]:
+    """Module ``root`` and every ``llmbook`` module it imports, transitively, in name order.
 
-    ``build`` writes its files into the directory it is given; on success that directory is renamed to
-    ``<cache>/<kind>/<key>`` together with a ``config.json`` describing it.
+    Imports are read from the source (``import llmbook.x``, ``from llmbook import x``,
+    ``from llmbook.x import y``, at any depth of the code, relative ones included), so the list
+    follows the code without anyone maintaining it. A package's ``__init__`` is included only
+    when imported by name: ours only re-export, and importing ``llmbook.train.loop`` does not
+    make the rest of ``llmbook.train`` part of what builds an artifact.
     """
-    modules = list(modules)
+    seen: dict[str, ModuleType] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        module = sys.modules.get(name) or importlib.import_module(name)
+        seen[name] = module
+        todo.extend(_imported_llmbook_modules(module))
+    return [seen[name] for name in sorted(seen)]
+
+
+def _imported_llmbook_modules(module: ModuleType) -> list[str]:
+    name = module.__name__
+    package = name if hasattr(module, "__path__") else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            relative = "." * node.level + (node.module or "")
+            base = importlib.util.resolve_name(relative, package)
+            submodules = [f"{base}.{alias.name}" for alias in node.names]
+            found += [sub for sub in submodules if _is_module(sub)]
+            if not all(map(_is_module, submodules)):
+                found.append(base)  # a name defined in ``base`` itself
+    return [m for m in found if m.split(".")[0] == "llmbook" and _is_module(m)]
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # "llmbook.x.SomeClass": a name, not a module
+        return False
+
+
+def read_artifact(path: Path | str) -> dict:
+    """What an artifact directory says about itself: ``{"kind", "config", "modules"}``, the
+    config as the JSON-ready dict of :func:`config_dict`."""
+    meta_path = Path(path) / "config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an artifact directory (no config.json); build "
+                                "it with llmbook.artifacts.cached_artifact")
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def cached_artifact(kind: str, config: Any, build: Callable[[Path], None]) -> Path:
+    """Return the directory of artifact ``kind`` for ``config``, calling ``build(tmp_dir)``
+    first if needed.
+
+    ``build`` writes its files into the directory it is given; on success that directory is
+    renamed to ``<cache>/<kind>/<key>`` together with a ``config.json`` describing it. The
+    key covers the code of ``build``'s module and what it imports (:func:`code_modules`).
+    """
+    modules = code_modules(build.__module__)
     final = cache_dir() / kind / artifact_key(kind, config, modules)
     if (final / "config.json").is_file():
         return final
@@ -59,7 +117,8 @@ def cached_artifact(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         build(tmp)
-        meta = {"kind": kind, "config": config_dict(config), "modules": [m.__name__ for m in modules]}
+        meta = {"kind": kind, "config": config_dict(config),
+                "modules": [m.__name__ for m in modules]}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         try:
             tmp.rename(final)

@@ -243,15 +243,19 @@ def chapter_titles() -> list[str]:
 
 
 def check_pdf(profile: str) -> None:
-    """The PDF exists, every chapter title is in its text, and LaTeX reported no missing glyph."""
+    """The PDF exists, every chapter title is in its text, LaTeX reported no missing glyph, and
+    no code line was too long for its box (LaTeX wraps it and marks the continuation with ↪)."""
     path = pdf_path(profile)
     if not path.is_file():
         raise BuildError(f"no PDF at {path}; build it first (python -m llmbook.build pdf)")
-    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
     flat = re.sub(r"\s+", " ", text)
     missing = [title for title in chapter_titles() if re.sub(r"\s+", " ", title) not in flat]
     log = path.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
     glyphs = sorted(set(re.findall(r"Missing character: There is no (.+?) in font", log)))
+    wrapped = [line.strip() for line in text.splitlines() if "\u21aa" in line]
+    overfull = len(re.findall(r"^Overfull \\hbox", log, flags=re.M))
     pages = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
     page_count = re.search(r"Pages:\s+(\d+)", pages).group(1)
     problems = []
@@ -259,9 +263,14 @@ def check_pdf(profile: str) -> None:
         problems.append(f"chapter titles not found in the PDF text: {missing}")
     if glyphs:
         problems.append(f"LaTeX reported missing characters: {glyphs}")
+    if wrapped:
+        problems.append(f"{len(wrapped)} code lines wrap in the PDF (too long for the code box), "
+                        f"e.g. {wrapped[:3]}; shorten them (ruff's line length keeps the package "
+                        "within the box)")
     if problems:
         raise BuildError("; ".join(problems))
-    print(f"PDF check passed: {path} ({page_count} pages, all {len(chapter_titles())} chapter titles, no missing glyphs)")
+    print(f"PDF check passed: {path} ({page_count} pages, all {len(chapter_titles())} chapter titles, "
+          f"no missing glyphs, no wrapped code lines; {overfull} Overfull \\hbox warnings in the log)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ Chapter 1 walks through every stage:
 4. **Deduplication** (:mod:`llmbook.dedup`): exact and near-duplicate speeches are removed, training plays taking
    priority so that held-out plays lose the passages they share with training plays (decontamination).
 5. **Tokens on disk.** A split is encoded to a flat array of token ids, stored as a raw binary file with JSON
-   metadata and read back memory-mapped; :class:`TokenWindows` cuts it into (input, target) examples.
+   metadata and read back memory-mapped (:class:`TokenFile`); :mod:`llmbook.batches` cuts it into
+   (input, target) examples.
 """
 
 from __future__ import annotations
@@ -25,16 +26,13 @@ import importlib.util
 import json
 import random
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler
 
 from llmbook import dedup
 from llmbook.artifacts import atomic_write_bytes, atomic_write_text, cached_artifact
@@ -410,8 +408,7 @@ def _check_split(split: str) -> None:
 @lru_cache(maxsize=4)
 def build_corpus(config: CorpusConfig = CorpusConfig()) -> Corpus:
     """The corpus for ``config``, built on first use and cached on disk (see :mod:`llmbook.artifacts`)."""
-    modules = [sys.modules[__name__], dedup]
-    path = cached_artifact("corpus", config, lambda out: _build_corpus(config, out), modules=modules)
+    path = cached_artifact("corpus", config, lambda out: _build_corpus(config, out))
     return Corpus(path, json.loads((path / "corpus.json").read_text(encoding="utf-8")))
 
 
@@ -436,11 +433,6 @@ TOKEN_FORMAT_VERSION = 1
 
 class CorruptTokenFileError(ValueError):
     """A token file does not match its metadata (truncated, overwritten, or not a token file at all)."""
-
-
-def encode_bytes(text: str) -> np.ndarray:
-    """Byte-level token ids (0..255): the tokenizer of Chapter 1, before Chapter 2 brings BPE."""
-    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -519,85 +511,3 @@ class TokenFile:
 
     def __len__(self) -> int:
         return int(self.meta["count"])
-
-
-class TokenWindows(Dataset):
-    """Training examples cut from a token stream: window i is ``x = ids[s : s+T]``, ``y = ids[s+1 : s+T+1]``.
-
-    ``s = i * stride``; the default stride ``T`` makes windows that do not overlap, so in one pass over them every
-    token is a target exactly once (except the very first token of the stream, which is never predicted).
-    """
-
-    def __init__(self, tokens: TokenFile | np.ndarray, block_size: int, stride: int | None = None) -> None:
-        self.ids = tokens.ids if isinstance(tokens, TokenFile) else np.asarray(tokens)
-        if block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
-        self.block_size = block_size
-        self.stride = block_size if stride is None else stride
-        if self.stride < 1:
-            raise ValueError(f"stride must be positive, got {self.stride}")
-        if len(self.ids) < block_size + 1:
-            raise ValueError(f"a stream of {len(self.ids)} tokens is too short for one window of "
-                             f"{block_size} + 1 tokens; use a smaller block_size")
-
-    def __len__(self) -> int:
-        return (len(self.ids) - self.block_size - 1) // self.stride + 1
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"window {index} out of range for {len(self)} windows")
-        start = (index % len(self)) * self.stride
-        chunk = torch.from_numpy(self.ids[start : start + self.block_size + 1].astype(np.int64))
-        return chunk[:-1], chunk[1:]
-
-
-class WindowBatchSampler(Sampler[list[int]]):
-    """Endless batches of window indices: each epoch a fresh seeded permutation, cut into batches.
-
-    The stream is a pure function of (seed, position), so training can stop and resume exactly: save
-    ``state_dict()`` with a checkpoint, ``load_state_dict`` it, and iteration continues with the next batch.
-    For data-parallel training each of ``world_size`` ranks takes every ``world_size``-th batch.
-    """
-
-    def __init__(self, num_windows: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if batch_size < 1 or num_windows < batch_size * world_size:
-            raise ValueError(f"need at least batch_size * world_size = {batch_size * world_size} windows per "
-                             f"epoch, have {num_windows}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.batches_per_epoch = num_windows // (batch_size * world_size)  # the remainder is dropped each epoch
-        self.position = 0  # batches this rank has taken so far
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_windows, generator=generator)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        while True:
-            epoch, step = divmod(self.position, self.batches_per_epoch)
-            perm = self._permutation(epoch)
-            for batch in range(step, self.batches_per_epoch):
-                start = (batch * self.world_size + self.rank) * self.batch_size
-                self.position += 1
-                yield perm[start : start + self.batch_size].tolist()
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "num_windows": self.num_windows}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("seed") != self.seed or state.get("num_windows") != self.num_windows:
-            raise ValueError(f"sampler state is for seed {state.get('seed')} and {state.get('num_windows')} windows, "
-                             f"this sampler has seed {self.seed} and {self.num_windows} windows")
-        self.position = int(state["position"])
-
-
-def byte_token_file(split: str, config: CorpusConfig = CorpusConfig()) -> TokenFile:
-    """The split encoded as bytes (vocabulary 256), cached next to the corpus."""
-    _check_split(split)
-    corpus = build_corpus(config)
-    path = corpus.path / "tokens" / f"bytes-{split}.bin"
-    if not _meta_path(path).is_file():
-        write_token_file(path, encode_bytes(load_split(split, config)), vocab_size=256, tokenizer="bytes")
-    return TokenFile(path)

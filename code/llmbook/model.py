@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmbook.attention import CausalSelfAttention, KVCache
-from llmbook.attention import kv_cache_bytes as kv_cache_bytes_of_shape
 from llmbook.layers import (
     ACTIVATIONS,
     GATED_ACTIVATIONS,
@@ -358,73 +357,3 @@ class GPT(nn.Module):
             if isinstance(self.pos_emb, LearnedPositionalEmbedding):
                 n -= self.pos_emb.weight.numel()
         return n
-
-
-# -----------------------------------------------------------------------------------------
-# Counting parameters, FLOPs and memory from the configuration alone: a 7B model costs nothing
-
-
-def count_parameters(config: GPTConfig) -> dict[str, int]:
-    """The parameters of ``GPT(config)`` by component, from the shapes alone.
-
-    Keys: ``token_embedding``, ``position_embedding``, ``attention``, ``mlp``, ``norms`` and
-    ``output_head`` (zero when tied: the head is the token embedding); the values sum to the
-    total.
-    """
-    C, L, V = config.d_model, config.n_layer, config.vocab_size
-    b = 1 if config.bias else 0
-    qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim  # q, k, v side by side
-    attention = (C * qkv_out + b * qkv_out) + (C * C + b * C)  # qkv, then output projection
-    n_in = 2 * config.d_ff if config.gated else config.d_ff
-    mlp = (C * n_in + b * n_in) + (config.d_ff * C + b * C)
-    norm = C if config.norm == "rmsnorm" else C * (1 + b)
-    n_norms = 2 * L + (1 if config.norm_position == "pre" else 0)
-    return {
-        "token_embedding": V * C,
-        "position_embedding": config.block_size * C if config.pos_encoding == "learned" else 0,
-        "attention": L * attention,
-        "mlp": L * mlp,
-        "norms": n_norms * norm,
-        "output_head": 0 if config.tie_weights else V * C,
-    }
-
-
-def matmul_parameters(config: GPTConfig) -> int:
-    """The weights that every token meets in a matrix multiply: the attention and MLP matrices
-    and the output head, tied or not. Lookups, biases and norm gains cost no multiplies."""
-    C = config.d_model
-    qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
-    n_in = 2 * config.d_ff if config.gated else config.d_ff
-    per_layer = C * qkv_out + C * C + C * n_in + config.d_ff * C
-    return config.n_layer * per_layer + config.vocab_size * C
-
-
-def flops_per_token(config: GPTConfig, seq_len: int | None = None, *,
-                    training: bool = True) -> int:
-    """Floating-point operations per token, a multiply-add counting as two (Chapter 4; PaLM,
-    Chowdhery et al., 2022, appendix B).
-
-    A token's forward pass meets every weight matrix once, ``2 N`` with ``N`` the
-    :func:`matmul_parameters`, and in each layer scores its query against ``T`` keys and mixes
-    ``T`` values, ``2 * 2 T C``. The backward pass costs twice the forward, so training costs
-
-        6 N + 12 L T C
-
-    per token (``training=False``: the forward third). A causal mask could skip half of the
-    attention term; like PaLM and ``FlopCounterMode`` we count the full ``T x T`` product.
-    ``seq_len`` defaults to the context length.
-    """
-    T = config.block_size if seq_len is None else seq_len
-    if T < 1:
-        raise ValueError(f"seq_len must be positive, got {T}")
-    forward = 2 * matmul_parameters(config) + 4 * config.n_layer * T * config.d_model
-    return 3 * forward if training else forward
-
-
-def kv_cache_bytes(config: GPTConfig, seq_len: int, batch_size: int = 1,
-                   bytes_per_element: int = 2) -> int:
-    """Memory of a full KV cache: a key and a value vector per layer, key/value head and
-    position (bfloat16 by default)."""
-    return kv_cache_bytes_of_shape(n_layers=config.n_layer, n_kv_heads=config.kv_heads,
-                                   head_dim=config.head_dim, seq_len=seq_len,
-                                   batch_size=batch_size, bytes_per_value=bytes_per_element)

@@ -191,15 +191,35 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     so one bad batch with a huge gradient cannot throw the weights far. As in
     ``torch.nn.utils.clip_grad_norm_``, the factor is ``max_norm / (norm + 1e-6)`` capped at 1,
     applied without a data-dependent branch (which would make the CPU wait for the GPU).
+    Sharded gradients (FSDP's DTensors, Chapter 6) hold a slice each: the norm is taken over
+    the whole model, every rank's slice, so that every rank scales by the same factor.
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    norms = torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads])  # (n,)
-    total = torch.linalg.vector_norm(norms, 2.0)
+    total = _global_norm([g.detach() for g in grads])
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.detach().mul_(scale.to(g.dtype))
     return total
+
+
+def _global_norm(grads: list[Tensor]) -> Tensor:
+    """``sqrt(sum_i ||g_i||^2)`` over all gradients; a sharded gradient's squares are summed
+    over the ranks that hold its shards."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(g, DTensor) for g in grads):
+        norms = torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads])  # (n,)
+        return torch.linalg.vector_norm(norms, 2.0)
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    squares = sum((torch.linalg.vector_norm(g, 2.0).float() ** 2 for g in plain),
+                  torch.zeros((), device=grads[0].device))
+    local = sum((torch.linalg.vector_norm(g.to_local(), 2.0).float() ** 2 for g in sharded),
+                torch.zeros((), device=grads[0].device))
+    if any(p.is_shard() for p in sharded[0].placements):  # one all-reduce for them all
+        torch.distributed.all_reduce(local, group=sharded[0].device_mesh.get_group())
+    return (squares + local).sqrt()

@@ -17,14 +17,13 @@ GPT-4's tokenizer, whose ids need 32-bit storage.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmbook import data
 from llmbook.artifacts import cached_artifact
 from llmbook.profiles import Profile, get_profile
-from llmbook.tokenizers import bpe, fast, io, regex, tiktoken_export, tokenizer
+from llmbook.tokenizers import io, tiktoken_export
 from llmbook.tokenizers.regex import ENDOFTEXT
 from llmbook.tokenizers.tokenizer import BPEConfig, Tokenizer, train_bpe
 
@@ -51,10 +50,6 @@ class TokenFileConfig:
     corpus: data.CorpusConfig = field(default_factory=data.CorpusConfig)
 
 
-def _modules() -> list:
-    return [bpe, fast, regex, tokenizer, io, sys.modules[__name__], data]
-
-
 def _resolve(profile: Profile | str) -> Profile:
     if isinstance(profile, Profile):
         return profile
@@ -75,7 +70,7 @@ def _load_book_tokenizer(config: BookTokenizerConfig) -> Tokenizer:
         trained = train_bpe(plays, config.bpe, name=f"book-bpe-{config.bpe.vocab_size}")
         io.save(trained, out / TOKENIZER_FILE)
 
-    path = cached_artifact("tokenizer", config, build, modules=_modules())
+    path = cached_artifact("tokenizer", config, build)
     return io.load(path / TOKENIZER_FILE)
 
 
@@ -107,7 +102,7 @@ def book_token_file(profile: Profile | str, split: str) -> Path:
         _write_split(encoding, tok.special_tokens[ENDOFTEXT], tok.n_vocab, tok.name, split,
                      config.corpus, out / f"{split}.bin")
 
-    return cached_artifact("tokens", config, build, modules=_modules()) / f"{split}.bin"
+    return cached_artifact("tokens", config, build) / f"{split}.bin"
 
 
 def cl100k_token_file(split: str) -> Path:
@@ -121,5 +116,4 @@ def cl100k_token_file(split: str) -> Path:
         _write_split(encoding, encoding.eot_token, encoding.n_vocab, "cl100k_base", split,
                      config.corpus, out / f"{split}.bin")
 
-    modules = _modules() + [tiktoken_export]
-    return cached_artifact("tokens", config, build, modules=modules) / f"{split}.bin"
+    return cached_artifact("tokens", config, build) / f"{split}.bin"
