@@ -10,7 +10,7 @@ MATHJAX := $(VENV)/share/mathjax/tex-svg-full.js
 TEX_PACKAGES := texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-xetex latexmk \
 	fonts-freefont-otf poppler-utils texlive-lang-cjk fonts-wqy-microhei fonts-symbola
 
-.PHONY: setup tex book test unit execute nbval pdf clean
+.PHONY: setup tex book test lint unit execute nbval pdf clean
 
 setup: $(STAMP) $(MATHJAX) tex
 
@@ -48,6 +48,9 @@ tex:
 book: setup
 	$(PY) -m llmbook.build --profile $(PROFILE) all
 
+lint: setup
+	$(PY) -m ruff check code tests benchmarks
+
 unit: setup
 	$(PY) -m pytest -q tests
 
@@ -62,7 +65,7 @@ nbval: execute
 pdf: execute
 	$(PY) -m llmbook.build --profile $(PROFILE) pdf check
 
-test: unit nbval pdf
+test: lint unit nbval pdf
 
 clean:
 	rm -rf _build
