@@ -136,19 +136,11 @@ def approach1_envelope(
         raise ScalingFitError(
             "Approach 1 needs a training curve (2+ points) for every run"
         )
-    curves = [
-        np.log(np.array(r.curve)) for r in runs
-    ]  # (points, 2): log flops, log loss
-    lo = (
-        min(c[0, 0] for c in curves)
-        if flops_range is None
-        else math.log(flops_range[0])
-    )
-    hi = (
-        max(c[-1, 0] for c in curves)
-        if flops_range is None
-        else math.log(flops_range[1])
-    )
+    # each curve as a (points, 2) array of log flops, log loss
+    curves = [np.log(np.array(r.curve)) for r in runs]
+    lo, hi = min(c[0, 0] for c in curves), max(c[-1, 0] for c in curves)
+    if flops_range is not None:
+        lo, hi = math.log(flops_range[0]), math.log(flops_range[1])
     grid = np.linspace(lo, hi, n_points)
     losses = np.full((len(runs), n_points), np.inf)
     for i, c in enumerate(curves):
@@ -320,7 +312,13 @@ def approach3_parametric(
     g = {**PAPER_GRID, **(grid or {})}
     mesh = np.meshgrid(g["a"], g["b"], g["e"], g["alpha"], g["beta"], indexing="ij")
     starts = np.stack([m.ravel() for m in mesh], axis=1)  # (K, 5)
-    values, _ = _objective(starts, log_n, log_d, log_loss, delta)
+    # screen the grid in blocks: a block's work arrays are (3, 512, runs)
+    values = np.concatenate(
+        [
+            _objective(starts[i : i + 512], log_n, log_d, log_loss, delta)[0]
+            for i in range(0, len(starts), 512)
+        ]
+    )
     order = np.argsort(values)[: n_starts or len(starts)]
 
     def f(theta):
