@@ -312,6 +312,8 @@ def test_data_constrained_law():
     free = budget.nearly_free_epochs(law, n, 1e9, tolerance=0.01)
     assert law.repetition_penalty(n, free * 1e9, 1e9) == pytest.approx(0.01, rel=1e-6)
     assert 1 < free < budget.nearly_free_epochs(law, n, 1e9, tolerance=0.02)
+    # a 50% worse loss is out of reach: the penalty saturates
+    assert budget.nearly_free_epochs(law, n, 1e9, tolerance=0.5) == math.inf
     with pytest.raises(ValueError, match="unique_tokens"):
         law.loss(n, 1e9, 2e9)
 

@@ -108,7 +108,7 @@ def effective_count(unique: float, repetitions: float, r_star: float) -> float:
 
 @dataclass(frozen=True)
 class DataConstrainedLaw:
-    """Muennighoff et al. (2023), eqs. 5-7: ``L = E + A / N'^alpha + B / D'^beta`` with
+    """Muennighoff et al. (2023): ``L = E + A / N'^alpha + B / D'^beta`` with
     the effective data ``D' = U_D + U_D R_D* (1 - exp(-R_D / R_D*))``, ``R_D = D / U_D -
     1`` epochs repeated, and the effective parameters ``N'`` of the same form: ``U_N``
     is the size that is compute-optimal for ``U_D`` tokens (here ``U_D /
@@ -166,7 +166,11 @@ def nearly_free_epochs(
 ) -> float:
     """The most epochs over ``unique_tokens`` that ``n_params`` can train for while its
     loss stays within ``tolerance`` (relative) of the loss on as many fresh tokens. The
-    penalty grows with the epochs, so bisection in ``log epochs`` finds the crossing."""
+    penalty grows with the epochs, so bisection in ``log epochs`` finds the crossing.
+
+    The penalty is bounded (repeats are worth at most ``R_D* U_D`` fresh tokens, and the
+    fresh-data loss flattens too), so it may never reach ``tolerance``: then ``inf``.
+    """
     if not 0 < tolerance < 1:
         raise ValueError(
             f"tolerance is a relative loss increase in (0, 1), got {tolerance}"
@@ -176,7 +180,7 @@ def nearly_free_epochs(
         return law.repetition_penalty(n_params, epochs * unique_tokens, unique_tokens)
 
     if penalty(max_epochs) <= tolerance:
-        return max_epochs
+        return math.inf
     lo, hi = 0.0, math.log(max_epochs)  # penalty(1 epoch) = 0 <= tolerance
     for _ in range(100):
         mid = 0.5 * (lo + hi)

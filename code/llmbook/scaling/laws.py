@@ -17,7 +17,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ChinchillaLaw:
-    """``L(N, D) = E + A / N^alpha + B / D^beta`` (Hoffmann et al., 2022, eq. 2).
+    """``L(N, D) = E + A / N^alpha + B / D^beta`` (Hoffmann et al., 2022).
     Chapter 7.
 
     ``E`` is the loss of a perfect model of the data (its entropy); the two power laws
@@ -36,7 +36,9 @@ class ChinchillaLaw:
         for field in ("A", "B", "alpha", "beta"):
             value = getattr(self, field)
             if not (
-                isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+                isinstance(value, (int, float, np.number))
+                and value > 0
+                and math.isfinite(value)
             ):
                 raise ValueError(
                     f"ChinchillaLaw.{field} must be a positive number, got {value!r}"
@@ -55,7 +57,7 @@ class ChinchillaLaw:
         out = self.E + self.A / n**self.alpha + self.B / d**self.beta
         return float(out) if out.ndim == 0 else out
 
-    # -- the compute-optimal frontier (Hoffmann et al., 2022, eq. 4) ----------------
+    # -- the compute-optimal frontier (Hoffmann et al., 2022) -----------------------
 
     @property
     def a(self) -> float:
@@ -97,7 +99,7 @@ class ChinchillaLaw:
         }
 
 
-# Hoffmann et al. (2022), eq. 10: Approach 3 fitted to their ~400 runs.
+# Hoffmann et al. (2022): Approach 3 fitted to their runs, as published.
 HOFFMANN = ChinchillaLaw(
     E=1.69,
     A=406.4,
@@ -122,8 +124,7 @@ BESIROGLU = ChinchillaLaw(
     source="besiroglu2024chinchilla",
 )
 
-# Muennighoff et al. (2023), appendix: the law refitted to their single-epoch C4 runs,
-# the base of their data-constrained law
+# Muennighoff et al. (2023): the base constants of their fitted data-constrained law
 # (:class:`llmbook.scaling.budget.DataConstrainedLaw`).
 MUENNIGHOFF = ChinchillaLaw(
     E=1.87,
