@@ -14,7 +14,9 @@ from llmbook.model import GPT, GPTConfig
 from llmbook.tokenizers import ENDOFTEXT, train_bpe
 from llmbook.tokenizers.tokenizer import BPEConfig
 
-TEXT = ["MACBETH:\nIf it were done when 'tis done, then 'twere well\nIt were done quickly.\n"] * 3
+TEXT = [
+    "MACBETH:\nIf it were done when 'tis done, then 'twere well\nIt were done quickly.\n"
+] * 3
 CONVERSATION = [
     {"role": "system", "content": "You answer questions about the plays."},
     {"role": "user", "content": "Who speaks? If it were done when 'tis done"},
@@ -64,15 +66,22 @@ def test_parse_inverts_render(tokenizer):
     prompt = chat.render_prompt(tokenizer, CONVERSATION[:4])
     assert prompt[-1] == tokenizer.special_tokens[chat.ASSISTANT]
     cut = prompt + tokenizer.encode("It were")  # a reply cut off before its <|end|>
-    assert chat.parse_conversation(tokenizer, cut)[-1] == {"role": "assistant",
-                                                          "content": "It were"}
+    assert chat.parse_conversation(tokenizer, cut)[-1] == {
+        "role": "assistant",
+        "content": "It were",
+    }
 
 
-@pytest.mark.parametrize("messages", [
-    [], [{"role": "assistant", "content": "hi"}],
-    [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-    [{"role": "robot", "content": "a"}], [{"role": "user", "content": 3}],
-])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "assistant", "content": "hi"}],
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        [{"role": "robot", "content": "a"}],
+        [{"role": "user", "content": 3}],
+    ],
+)
 def test_bad_conversations_are_rejected(tokenizer, messages):
     with pytest.raises(ValueError):
         chat.render_conversation(tokenizer, messages)
@@ -118,8 +127,9 @@ def test_masked_sft_loss_is_not_the_unmasked_loss(tokenizer):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_grow_vocabulary_keeps_old_logits(tied):
-    config = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, d_model=16,
-                       tie_weights=tied)
+    config = GPTConfig(
+        vocab_size=50, block_size=16, n_layer=2, n_head=2, d_model=16, tie_weights=tied
+    )
     torch.manual_seed(0)
     model = GPT(config).eval()
     idx = torch.randint(0, 50, (2, 10))

@@ -22,11 +22,14 @@ def test_token_logprobs_and_entropy_match_torch():
     logits, targets = torch.randn(3, 5, 7), torch.randint(0, 7, (3, 5))
     expected = -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     torch.testing.assert_close(L.token_logprobs(logits, targets), expected)
-    torch.testing.assert_close(L.token_entropy(logits), Categorical(logits=logits).entropy())
+    torch.testing.assert_close(
+        L.token_entropy(logits), Categorical(logits=logits).entropy()
+    )
     # By hand: two equal logits -> log(1/2) and entropy log 2.
     two = torch.zeros(1, 1, 2)
-    assert L.token_logprobs(two, torch.zeros(1, 1, dtype=torch.long)).item() == pytest.approx(
-        -math.log(2))
+    assert L.token_logprobs(
+        two, torch.zeros(1, 1, dtype=torch.long)
+    ).item() == pytest.approx(-math.log(2))
     assert L.token_entropy(two).item() == pytest.approx(math.log(2))
     with pytest.raises(ValueError):
         L.token_logprobs(logits, targets[:, :4])
@@ -36,7 +39,10 @@ def test_masked_mean_and_sum_by_hand():
     values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
     assert L.masked_mean(values, mask).item() == 1.5
-    assert L.masked_mean(values, mask, dim=-1).tolist() == [1.5, 0.0]  # empty row: 0, no NaN
+    assert L.masked_mean(values, mask, dim=-1).tolist() == [
+        1.5,
+        0.0,
+    ]  # empty row: 0, no NaN
     assert L.masked_sum(values, mask, normaliser=4.0).item() == 0.75
     assert L.masked_sum(values, mask, dim=-1).tolist() == [3.0, 0.0]
     empty = L.masked_mean(values, torch.zeros_like(mask))
@@ -55,7 +61,9 @@ def test_sequence_logprobs_sum_or_average():
 
 
 def test_group_advantages_by_hand():
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.3, 0.3], [1.0, 0.0, 0.0, 0.0]])
+    rewards = torch.tensor(
+        [[1.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.3, 0.3], [1.0, 0.0, 0.0, 0.0]]
+    )
     plain = L.group_advantages(rewards, scale=False)
     torch.testing.assert_close(plain[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
     assert plain[1].tolist() == [0.0] * 4  # constant group: exactly zero
@@ -87,7 +95,9 @@ def test_clipped_loss_by_hand():
     # ratios 1.5, 1.5, 0.5, 0.5 against advantages +1, -1, -1, +1 (one token per row).
     new = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]])).reshape(4, 1).requires_grad_()
     advantages = torch.tensor([1.0, -1.0, -1.0, 1.0])
-    loss, clipped = L.clipped_policy_loss(new, old.reshape(4, 1), advantages, epsilon=0.2)
+    loss, clipped = L.clipped_policy_loss(
+        new, old.reshape(4, 1), advantages, epsilon=0.2
+    )
     torch.testing.assert_close(loss.squeeze(1), torch.tensor([-1.2, 1.5, 0.8, -0.5]))
     assert clipped.squeeze(1).tolist() == [True, False, True, False]
     loss.sum().backward()
@@ -102,9 +112,9 @@ def test_clipped_loss_on_policy_equals_policy_gradient():
     advantages = torch.randn(3)
     logprobs = L.token_logprobs(logits, targets)
     clipped, _ = L.clipped_policy_loss(logprobs, logprobs.detach(), advantages)
-    grad_clip, = torch.autograd.grad(clipped.sum(), logits)
+    (grad_clip,) = torch.autograd.grad(clipped.sum(), logits)
     plain = L.policy_gradient_loss(L.token_logprobs(logits, targets), advantages)
-    grad_plain, = torch.autograd.grad(plain.sum(), logits)
+    (grad_plain,) = torch.autograd.grad(plain.sum(), logits)
     torch.testing.assert_close(grad_clip, grad_plain)
     with pytest.raises(ValueError):
         L.clipped_policy_loss(logprobs, logprobs, advantages[:2])
@@ -145,8 +155,9 @@ def test_bradley_terry_loss():
     chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
     loss = L.bradley_terry_loss(chosen, rejected)
     assert loss[1].item() == pytest.approx(math.log(2))
-    bce = F.binary_cross_entropy_with_logits(chosen - rejected, torch.ones(3),
-                                             reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        chosen - rejected, torch.ones(3), reduction="none"
+    )
     torch.testing.assert_close(loss, bce)
 
 
@@ -157,9 +168,13 @@ def test_sft_loss_is_split_invariant_and_empty_batch_is_harmless():
     mask = torch.rand(4, 6) > 0.5
     mask[2] = False  # a sequence with nothing to train
     total, count = L.sft_loss(logits, targets, mask)
-    parts = [L.sft_loss(logits[i:i + 1], targets[i:i + 1], mask[i:i + 1]) for i in range(4)]
-    torch.testing.assert_close(sum(p[0] for p in parts) / sum(p[1] for p in parts),
-                               total / count)
+    parts = [
+        L.sft_loss(logits[i : i + 1], targets[i : i + 1], mask[i : i + 1])
+        for i in range(4)
+    ]
+    torch.testing.assert_close(
+        sum(p[0] for p in parts) / sum(p[1] for p in parts), total / count
+    )
     assert parts[2][0].item() == 0.0 and parts[2][1].item() == 0.0
 
 
@@ -192,13 +207,16 @@ def test_bootstrap_ci():
     assert est.low < est.mean < est.high and est.mean == correct.mean()
     # Against scipy's percentile bootstrap and the normal approximation, 1.96 * sqrt(p(1-p)/n):
     # both agree to Monte-Carlo noise, about 0.005 here; 0.01 is twice that.
-    ref = scipy.stats.bootstrap((correct,), np.mean, method="percentile", n_resamples=10_000,
-                                random_state=2).confidence_interval
+    ref = scipy.stats.bootstrap(
+        (correct,), np.mean, method="percentile", n_resamples=10_000, random_state=2
+    ).confidence_interval
     assert abs(est.low - ref.low) < 0.01 and abs(est.high - ref.high) < 0.01
     half = 1.96 * math.sqrt(est.mean * (1 - est.mean) / 400)
     assert abs((est.high - est.low) / 2 - half) < 0.01
     narrow = bootstrap_ci(np.tile(correct, 4), seed=1)
-    assert (narrow.high - narrow.low) < 0.6 * (est.high - est.low)  # ~1/2 at 4x the items
+    assert (narrow.high - narrow.low) < 0.6 * (
+        est.high - est.low
+    )  # ~1/2 at 4x the items
     assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError):
         bootstrap_ci([])

@@ -30,7 +30,9 @@ from llmbook.tokenizers.tokenizer import Tokenizer
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)
 ROLE_MARKERS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
-IGNORE_INDEX = -100  # PyTorch's cross_entropy convention for a target that is not trained
+IGNORE_INDEX = (
+    -100
+)  # PyTorch's cross_entropy convention for a target that is not trained
 
 
 def chat_tokenizer(base: Tokenizer) -> Tokenizer:
@@ -41,38 +43,55 @@ def chat_tokenizer(base: Tokenizer) -> Tokenizer:
     if len(missing) != len(CHAT_TOKENS):
         raise ValueError(f"{base.name!r} has some chat tokens but lacks {missing}")
     start = base.n_vocab
-    specials = {**base.special_tokens, **{t: start + i for i, t in enumerate(CHAT_TOKENS)}}
-    return Tokenizer(base.ranks, base.pattern, specials, name=f"{base.name}+chat",
-                     merges=base.merges)
+    specials = {
+        **base.special_tokens,
+        **{t: start + i for i, t in enumerate(CHAT_TOKENS)},
+    }
+    return Tokenizer(
+        base.ranks, base.pattern, specials, name=f"{base.name}+chat", merges=base.merges
+    )
 
 
 def _chat_ids(tokenizer: Tokenizer) -> dict[str, int]:
-    missing = [t for t in (ENDOFTEXT,) + CHAT_TOKENS if t not in tokenizer.special_tokens]
+    missing = [
+        t for t in (ENDOFTEXT,) + CHAT_TOKENS if t not in tokenizer.special_tokens
+    ]
     if missing:
-        raise ValueError(f"tokenizer {tokenizer.name!r} lacks the special tokens {missing}; "
-                         "wrap it with llmbook.align.chat.chat_tokenizer(tokenizer)")
+        raise ValueError(
+            f"tokenizer {tokenizer.name!r} lacks the special tokens {missing}; "
+            "wrap it with llmbook.align.chat.chat_tokenizer(tokenizer)"
+        )
     return tokenizer.special_tokens
 
 
 def _check_messages(messages: Sequence[Mapping[str, str]]) -> None:
     roles = []
     for i, message in enumerate(messages):
-        if set(message) != {"role", "content"} or not isinstance(message["content"], str):
-            raise ValueError(f"message {i} must be a dict with a 'role' and a str 'content', "
-                             f"got {message!r}")
+        if set(message) != {"role", "content"} or not isinstance(
+            message["content"], str
+        ):
+            raise ValueError(
+                f"message {i} must be a dict with a 'role' and a str 'content', "
+                f"got {message!r}"
+            )
         if message["role"] not in ROLE_MARKERS:
-            raise ValueError(f"message {i} has role {message['role']!r}; roles are "
-                             f"{sorted(ROLE_MARKERS)}")
+            raise ValueError(
+                f"message {i} has role {message['role']!r}; roles are "
+                f"{sorted(ROLE_MARKERS)}"
+            )
         roles.append(message["role"])
     turns = roles[1:] if roles[:1] == ["system"] else roles
     expected = ["user", "assistant"] * (len(turns) // 2 + 1)
     if not turns or turns != expected[: len(turns)]:
-        raise ValueError(f"a conversation is an optional system message, then user and "
-                         f"assistant turns alternating from the user; got roles {roles}")
+        raise ValueError(
+            f"a conversation is an optional system message, then user and "
+            f"assistant turns alternating from the user; got roles {roles}"
+        )
 
 
-def render_conversation(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]]
-                        ) -> tuple[list[int], list[int]]:
+def render_conversation(
+    tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]]
+) -> tuple[list[int], list[int]]:
     """The ids of a conversation and its training mask, two lists of the same length.
 
     ``mask[i] = 1`` exactly for the tokens of assistant replies and the ``<|end|>`` closing
@@ -90,7 +109,9 @@ def render_conversation(tokenizer: Tokenizer, messages: Sequence[Mapping[str, st
     return ids, mask
 
 
-def render_prompt(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]]) -> list[int]:
+def render_prompt(
+    tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]]
+) -> list[int]:
     """The ids that ask for the next assistant reply: the conversation so far (ending with a
     user turn) and ``<|assistant|>``. Sampling then runs until ``<|end|>``."""
     if not messages or messages[-1].get("role") != "user":
@@ -99,7 +120,9 @@ def render_prompt(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]]) -
     return ids + [_chat_ids(tokenizer)[ASSISTANT]]
 
 
-def parse_conversation(tokenizer: Tokenizer, ids: Sequence[int]) -> list[dict[str, str]]:
+def parse_conversation(
+    tokenizer: Tokenizer, ids: Sequence[int]
+) -> list[dict[str, str]]:
     """The messages of rendered ids: the inverse of :func:`render_conversation`.
 
     A last message without its ``<|end|>`` (a reply cut off by a length limit) is kept as it is.
@@ -113,28 +136,35 @@ def parse_conversation(tokenizer: Tokenizer, ids: Sequence[int]) -> list[dict[st
     i = 0
     while i < len(ids):
         if ids[i] not in roles:
-            raise ValueError(f"expected a role marker at position {i}, got id {ids[i]} "
-                             f"({tokenizer.decode([ids[i]])!r})")
+            raise ValueError(
+                f"expected a role marker at position {i}, got id {ids[i]} "
+                f"({tokenizer.decode([ids[i]])!r})"
+            )
         role, i = roles[ids[i]], i + 1
         end = ids.index(special[END], i) if special[END] in ids[i:] else len(ids)
         body = ids[i:end]
         stray = [t for t in body if t in tokenizer.special_tokens.values()]
         if stray:
-            raise ValueError(f"{role} message at position {i} holds special token id "
-                             f"{stray[0]} before its <|end|>")
+            raise ValueError(
+                f"{role} message at position {i} holds special token id "
+                f"{stray[0]} before its <|end|>"
+            )
         messages.append({"role": role, "content": tokenizer.decode(body)})
         i = end + 1
     return messages
 
 
-def sft_example(ids: Sequence[int], mask: Sequence[int], max_len: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def sft_example(
+    ids: Sequence[int], mask: Sequence[int], max_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets ``(T,)`` for supervised fine-tuning: ``x = ids[:-1]``, ``y =
     ids[1:]`` with :data:`IGNORE_INDEX` wherever the target token is not trained. Truncated to
     ``max_len`` positions (the model's context)."""
     if len(ids) != len(mask) or len(ids) < 2:
-        raise ValueError(f"ids and mask must have the same length >= 2, got {len(ids)} and "
-                         f"{len(mask)}")
+        raise ValueError(
+            f"ids and mask must have the same length >= 2, got {len(ids)} and "
+            f"{len(mask)}"
+        )
     ids_t = torch.tensor(ids, dtype=torch.long)
     mask_t = torch.tensor(mask, dtype=torch.bool)
     x, y = ids_t[:-1], ids_t[1:].masked_fill(~mask_t[1:], IGNORE_INDEX)
@@ -161,7 +191,9 @@ def grow_vocabulary(model: nn.Module, n_new: int) -> nn.Module:
     emb = nn.Embedding(V + n_new, C, device=old_emb.device, dtype=old_emb.dtype)
     emb.weight[:V] = old_emb
     emb.weight[V:] = old_emb.mean(0)
-    head = nn.Linear(C, V + n_new, bias=False, device=old_head.device, dtype=old_head.dtype)
+    head = nn.Linear(
+        C, V + n_new, bias=False, device=old_head.device, dtype=old_head.dtype
+    )
     if tied:
         head.weight = emb.weight
     else:

@@ -27,8 +27,10 @@ def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
     Computed in float32 with a log-softmax (a float16 logit can overflow ``exp``).
     """
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
-        raise ValueError(f"logits must be (B, T, V) and targets (B, T) with the same B, T; "
-                         f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"logits must be (B, T, V) and targets (B, T) with the same B, T; "
+            f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     logp = F.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
 
@@ -42,8 +44,9 @@ def token_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def masked_sum(values: Tensor, mask: Tensor, normaliser: float = 1.0,
-               dim: int | None = None) -> Tensor:
+def masked_sum(
+    values: Tensor, mask: Tensor, normaliser: float = 1.0, dim: int | None = None
+) -> Tensor:
     """``sum(values * mask) / normaliser`` over ``dim`` (all elements when None).
 
     With a constant ``normaliser`` (e.g. the longest allowed response) a token's weight does not
@@ -52,7 +55,7 @@ def masked_sum(values: Tensor, mask: Tensor, normaliser: float = 1.0,
     _same_shape(values=values, mask=mask)
     if not normaliser > 0:
         raise ValueError(f"normaliser must be positive, got {normaliser}")
-    total = (values * mask.to(values.dtype))
+    total = values * mask.to(values.dtype)
     return (total.sum() if dim is None else total.sum(dim)) / normaliser
 
 
@@ -73,15 +76,20 @@ def sequence_logprobs(logprobs: Tensor, mask: Tensor, average: bool = False) -> 
     """A response's log-probability, ``(B, T)`` -> ``(B,)``: the sum over its tokens
     (``average=True``: the mean, which favours long answers less in DPO but is not a
     log-probability any more)."""
-    return masked_mean(logprobs, mask, dim=-1) if average else masked_sum(logprobs, mask, dim=-1)
+    return (
+        masked_mean(logprobs, mask, dim=-1)
+        if average
+        else masked_sum(logprobs, mask, dim=-1)
+    )
 
 
 def constant_groups(rewards: Tensor) -> Tensor:
     """``(P, G)`` -> ``(P,)`` bool: groups whose rewards are all equal. They give zero
     advantage, hence no gradient: a prompt too easy or too hard teaches nothing."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"rewards must be (P prompts, G >= 2 answers), got "
-                         f"{tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be (P prompts, G >= 2 answers), got {tuple(rewards.shape)}"
+        )
     return rewards.amax(1) == rewards.amin(1)
 
 
@@ -98,8 +106,10 @@ def group_advantages(rewards: Tensor, scale: bool = True, eps: float = 1e-6) -> 
 
 def _check_advantages(logprobs: Tensor, advantages: Tensor) -> None:
     if logprobs.dim() != 2 or advantages.shape != logprobs.shape[:1]:
-        raise ValueError(f"logprobs must be (B, T) and advantages (B,), got "
-                         f"{tuple(logprobs.shape)} and {tuple(advantages.shape)}")
+        raise ValueError(
+            f"logprobs must be (B, T) and advantages (B,), got "
+            f"{tuple(logprobs.shape)} and {tuple(advantages.shape)}"
+        )
 
 
 def policy_gradient_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:
@@ -109,8 +119,9 @@ def policy_gradient_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:
     return -advantages.detach().unsqueeze(1) * logprobs
 
 
-def clipped_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
-                        epsilon: float = 0.2) -> tuple[Tensor, Tensor]:
+def clipped_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, epsilon: float = 0.2
+) -> tuple[Tensor, Tensor]:
     """PPO's clipped per-token loss (Schulman et al., 2017), as GRPO uses it: ``(B, T)``.
 
     ``ratio = pi / pi_old``; the loss is ``-min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)``,
@@ -144,20 +155,33 @@ class DPOOutput(NamedTuple):
     margin: Tensor  # (B,): chosen_reward - rejected_reward
 
 
-def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
-             ref_rejected: Tensor, beta: float = 0.1) -> DPOOutput:
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float = 0.1,
+) -> DPOOutput:
     """DPO's per-example loss from summed log-probabilities, each ``(B,)`` (Rafailov et al.,
     2023): ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``, with the implicit rewards."""
-    _same_shape(policy_chosen=policy_chosen, policy_rejected=policy_rejected,
-                ref_chosen=ref_chosen, ref_rejected=ref_rejected)
+    _same_shape(
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        ref_chosen=ref_chosen,
+        ref_rejected=ref_rejected,
+    )
     if policy_chosen.dim() != 1:
-        raise ValueError(f"log-probabilities must be (B,), got {tuple(policy_chosen.shape)}")
+        raise ValueError(
+            f"log-probabilities must be (B,), got {tuple(policy_chosen.shape)}"
+        )
     if not beta > 0:
         raise ValueError(f"beta must be positive, got {beta}")
     chosen = beta * (policy_chosen - ref_chosen.detach())
     rejected = beta * (policy_rejected - ref_rejected.detach())
     margin = chosen - rejected
-    return DPOOutput(-F.logsigmoid(margin), chosen.detach(), rejected.detach(), margin.detach())
+    return DPOOutput(
+        -F.logsigmoid(margin), chosen.detach(), rejected.detach(), margin.detach()
+    )
 
 
 def bradley_terry_loss(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor:

@@ -27,18 +27,80 @@ TARGET_SYLLABLES = 10
 
 # Words the rules get wrong, as a modern reader of Shakespeare says them.
 EXCEPTIONS: dict[str, int] = {
-    "sometime": 2, "sometimes": 2, "something": 2, "somewhat": 2, "therefore": 2,
-    "wherefore": 2, "whereof": 2, "hereafter": 3, "evermore": 3, "forever": 3, "every": 2,
-    "cruel": 2, "duel": 2, "fuel": 2, "quiet": 2, "poet": 2, "poem": 2, "poesy": 3,
-    "romeo": 3, "juliet": 3, "business": 2, "evening": 2, "prithee": 2, "naked": 2,
-    "wicked": 2, "wretched": 2, "ragged": 2, "beloved": 3, "isle": 1, "farewell": 2,
-    "gloucester": 2, "marriage": 2, "carriage": 2, "sovereign": 2, "sovereignty": 3,
-    "parliament": 3, "george": 1, "achilles": 3, "hercules": 3, "cleopatra": 4, "aeneas": 3,
-    "create": 2, "created": 3, "idea": 3, "being": 2, "lineage": 3, "useless": 2,
-    "doubtless": 2, "science": 2, "violent": 3, "riot": 2, "lionel": 3, "hour": 1,
-    "hours": 1, "our": 1, "ours": 1, "fire": 1, "fires": 1, "desire": 2, "desires": 2,
-    "inquire": 2, "require": 2, "hire": 1, "tire": 1, "whence": 1, "one": 1, "once": 1,
-    "are": 1, "gone": 1, "done": 1, "none": 1, "there's": 1, "where's": 1, "business's": 3,
+    "sometime": 2,
+    "sometimes": 2,
+    "something": 2,
+    "somewhat": 2,
+    "therefore": 2,
+    "wherefore": 2,
+    "whereof": 2,
+    "hereafter": 3,
+    "evermore": 3,
+    "forever": 3,
+    "every": 2,
+    "cruel": 2,
+    "duel": 2,
+    "fuel": 2,
+    "quiet": 2,
+    "poet": 2,
+    "poem": 2,
+    "poesy": 3,
+    "romeo": 3,
+    "juliet": 3,
+    "business": 2,
+    "evening": 2,
+    "prithee": 2,
+    "naked": 2,
+    "wicked": 2,
+    "wretched": 2,
+    "ragged": 2,
+    "beloved": 3,
+    "isle": 1,
+    "farewell": 2,
+    "gloucester": 2,
+    "marriage": 2,
+    "carriage": 2,
+    "sovereign": 2,
+    "sovereignty": 3,
+    "parliament": 3,
+    "george": 1,
+    "achilles": 3,
+    "hercules": 3,
+    "cleopatra": 4,
+    "aeneas": 3,
+    "create": 2,
+    "created": 3,
+    "idea": 3,
+    "being": 2,
+    "lineage": 3,
+    "useless": 2,
+    "doubtless": 2,
+    "science": 2,
+    "violent": 3,
+    "riot": 2,
+    "lionel": 3,
+    "hour": 1,
+    "hours": 1,
+    "our": 1,
+    "ours": 1,
+    "fire": 1,
+    "fires": 1,
+    "desire": 2,
+    "desires": 2,
+    "inquire": 2,
+    "require": 2,
+    "hire": 1,
+    "tire": 1,
+    "whence": 1,
+    "one": 1,
+    "once": 1,
+    "are": 1,
+    "gone": 1,
+    "done": 1,
+    "none": 1,
+    "there's": 1,
+    "where's": 1,
+    "business's": 3,
 }
 
 _VOWELS = set("aeiouy")
@@ -94,33 +156,49 @@ def word_syllables(word: str) -> int:
     # "table", "sceptre", "nobles", "troubled", "hundred" keep their e: a consonant, then l or r.
     sounded_e = re.search(r"[^aeiouylr][lr]e[sd]?$", word) is not None
     if word.endswith("e") and not word.endswith("ee") and count > 1 and not sounded_e:
-        if not re.search(r"[^gq]ue$", word):  # "virtue", "issue" (but "tongue", "league")
+        if not re.search(
+            r"[^gq]ue$", word
+        ):  # "virtue", "issue" (but "tongue", "league")
             count -= 1
     elif word.endswith("es") and count > 1 and not sounded_e:
         if word.endswith(("gues", "ques")) or (
-                _consonant(word, mask, n - 3) and word[n - 3] not in "sxzcg"
-                and not word.endswith(("ches", "shes"))):
+            _consonant(word, mask, n - 3)
+            and word[n - 3] not in "sxzcg"
+            and not word.endswith(("ches", "shes"))
+        ):
             count -= 1
     elif word.endswith("ed") and count > 1 and not sounded_e:
         if _consonant(word, mask, n - 3) and word[n - 3] not in "td":
             count -= 1
     # A silent e ending the first part of a word: "lovely", "careless", "safety", "likewise".
-    if re.search(r"[^aeiouy]e(ly|ful|less|ment|ness|ty|wise|forth|some|hood|dom|by|of|with)$",
-                 word) and count > 1:
+    if (
+        re.search(
+            r"[^aeiouy]e(ly|ful|less|ment|ness|ty|wise|forth|some|hood|dom|by|of|with)$",
+            word,
+        )
+        and count > 1
+    ):
         count -= 1
     # Vowel pairs said as two syllables (hiatus): "lion", "glorious", "trial", "being", "usual",
     # "triumph", "obedience"; not after the consonants that make them one ("nation",
     # "special", "opinion", "William").
     one = r"(?<![tscxg])(?<!sh)(?<!ll)(?<![aeiou][nl])"
-    count += len(re.findall(rf"{one}io|{one}ia|{one}iu|[aeiou]ing|(?<![qg])ua|eo(?!p)"
-                            r"|(?<![cst])ien[ct]|iety", word))
+    count += len(
+        re.findall(
+            rf"{one}io|{one}ia|{one}iu|[aeiou]ing|(?<![qg])ua|eo(?!p)"
+            r"|(?<![cst])ien[ct]|iety",
+            word,
+        )
+    )
     count += len(re.findall(r"[^aeiou]ying", word))  # "dying", "flying": y then i
     return max(count, 1)
 
 
 def words_of(line: str) -> list[str]:
     """The words of a line, lower-cased, with apostrophes kept (``o'er``, ``th'``)."""
-    return [w for w in _WORD.findall(line.lower().replace("\u2019", "'")) if w.strip("'")]
+    return [
+        w for w in _WORD.findall(line.lower().replace("\u2019", "'")) if w.strip("'")
+    ]
 
 
 def syllable_count(line: str) -> int:
@@ -146,8 +224,11 @@ MAX_MONOSYLLABLE_RUN = 8
 MAX_WORD_REPEATS = 2  # times one word of three letters or more may occur in a line
 
 
-def hacking_flags(line: str, copied_from: Iterable[str] = (),
-                  vocabulary: Collection[str] | None = None) -> list[str]:
+def hacking_flags(
+    line: str,
+    copied_from: Iterable[str] = (),
+    vocabulary: Collection[str] | None = None,
+) -> list[str]:
     """The ways ``line`` satisfies a syllable count without being verse (empty: none found).
 
     - ``"monosyllables"``: a run of more than :data:`MAX_MONOSYLLABLE_RUN` one-syllable words;
@@ -181,9 +262,12 @@ def hacking_flags(line: str, copied_from: Iterable[str] = (),
     return flags
 
 
-def guarded_meter_reward(line: str, target: int = TARGET_SYLLABLES,
-                         copied_from: Iterable[str] = (),
-                         vocabulary: Collection[str] | None = None) -> float:
+def guarded_meter_reward(
+    line: str,
+    target: int = TARGET_SYLLABLES,
+    copied_from: Iterable[str] = (),
+    vocabulary: Collection[str] | None = None,
+) -> float:
     """:func:`meter_reward`, but 0 for a line that :func:`hacking_flags` flags."""
     if hacking_flags(line, copied_from, vocabulary):
         return 0.0

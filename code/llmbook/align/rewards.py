@@ -26,17 +26,26 @@ class RewardModel(nn.Module):
 
     def forward(self, idx: Tensor, mask: Tensor) -> Tensor:
         if mask.shape != idx.shape:
-            raise ValueError(f"mask must have the shape of idx {tuple(idx.shape)}, "
-                             f"got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must have the shape of idx {tuple(idx.shape)}, "
+                f"got {tuple(mask.shape)}"
+            )
         mask = mask.bool()
         lengths = mask.sum(1)  # (B,)
         if (lengths == 0).any():
-            raise ValueError("every sequence needs at least one real token (a row of the "
-                             "mask is all zeros)")
+            raise ValueError(
+                "every sequence needs at least one real token (a row of the "
+                "mask is all zeros)"
+            )
         positions = torch.arange(idx.shape[1], device=idx.device)
         if not torch.equal(mask, positions < lengths.unsqueeze(1)):
-            raise ValueError("padding must be on the right: each row of the mask is ones "
-                             "then zeros")
-        hidden = self.gpt.hidden_states(idx)  # (B, T, C); causal, so padding after is unseen
-        last = hidden[torch.arange(idx.shape[0], device=idx.device), lengths - 1]  # (B, C)
+            raise ValueError(
+                "padding must be on the right: each row of the mask is ones then zeros"
+            )
+        hidden = self.gpt.hidden_states(
+            idx
+        )  # (B, T, C); causal, so padding after is unseen
+        last = hidden[
+            torch.arange(idx.shape[0], device=idx.device), lengths - 1
+        ]  # (B, C)
         return self.head(last).squeeze(-1)  # (B,)

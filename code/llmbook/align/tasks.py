@@ -43,14 +43,18 @@ class Item:
 @dataclass(frozen=True)
 class TaskConfig:
     n_choices: int = 4  # candidate speakers per item
-    max_passage_chars: int = 160  # keeps a prompt inside the cpu model's 128-token context
+    max_passage_chars: int = (
+        160  # keeps a prompt inside the cpu model's 128-token context
+    )
     plays: tuple[str, ...] = DEFAULT_PLAYS
     scenes: SceneSplitConfig = SceneSplitConfig()
 
     def __post_init__(self) -> None:
         if self.n_choices < 2 or len(self.plays) < 2:
-            raise ValueError(f"a choice needs at least 2 candidates, got n_choices="
-                             f"{self.n_choices} and {len(self.plays)} plays")
+            raise ValueError(
+                f"a choice needs at least 2 candidates, got n_choices="
+                f"{self.n_choices} and {len(self.plays)} plays"
+            )
 
 
 def _passage(lines: list[str], limit: int) -> str:
@@ -59,7 +63,7 @@ def _passage(lines: list[str], limit: int) -> str:
         if out and len("\n".join(out + [line])) > limit:
             break
         out.append(line)
-    return "\n".join(out)[: limit]
+    return "\n".join(out)[:limit]
 
 
 def _normalise(text: str) -> str:
@@ -77,7 +81,9 @@ def _speaker_items(scenes, config: TaskConfig, rng: random.Random) -> list[Item]
         for speech in scene.speeches:
             if speech.speaker not in others or len(others) < config.n_choices:
                 continue
-            wrong = rng.sample([n for n in others if n != speech.speaker], config.n_choices - 1)
+            wrong = rng.sample(
+                [n for n in others if n != speech.speaker], config.n_choices - 1
+            )
             choices = tuple(sorted(wrong + [speech.speaker]))
             passage = _passage(speech.lines, config.max_passage_chars)
             prompt = f"Who speaks these lines? ({', '.join(choices)})\n{passage}"
@@ -125,18 +131,33 @@ def _finish_items(scenes, config: TaskConfig, rng: random.Random) -> list[Item]:
 
 
 def _meter_items(scenes, config: TaskConfig, rng: random.Random) -> list[Item]:
-    return [Item("meter", scene.key,
-                 f"Write the next line, in ten syllables.\n{before}\n{line}", "",
-                 context=(before, line))
-            for scene, before, line in _verse_pairs(scenes)]
+    return [
+        Item(
+            "meter",
+            scene.key,
+            f"Write the next line, in ten syllables.\n{before}\n{line}",
+            "",
+            context=(before, line),
+        )
+        for scene, before, line in _verse_pairs(scenes)
+    ]
 
 
-_GENERATORS = {"speaker": _speaker_items, "play": _play_items, "finish": _finish_items,
-               "meter": _meter_items}
+_GENERATORS = {
+    "speaker": _speaker_items,
+    "play": _play_items,
+    "finish": _finish_items,
+    "meter": _meter_items,
+}
 
 
-def make_items(task: str, split: str, n: int | None = None, seed: int = 0,
-               config: TaskConfig = TaskConfig()) -> list[Item]:
+def make_items(
+    task: str,
+    split: str,
+    n: int | None = None,
+    seed: int = 0,
+    config: TaskConfig = TaskConfig(),
+) -> list[Item]:
     """``n`` items of ``task`` from the scenes of ``split`` (all of them when None), drawn
     with ``seed``: the same arguments give the same items."""
     if task not in _GENERATORS:
@@ -145,8 +166,10 @@ def make_items(task: str, split: str, n: int | None = None, seed: int = 0,
     items = _GENERATORS[task](scenes_of_split(split, config.scenes), config, rng)
     if n is not None:
         if not 0 < n <= len(items):
-            raise ValueError(f"asked for {n} {task} items but split {split!r} has "
-                             f"{len(items)}; ask for at most that many")
+            raise ValueError(
+                f"asked for {n} {task} items but split {split!r} has "
+                f"{len(items)}; ask for at most that many"
+            )
         items = rng.sample(items, n)
     return items
 
