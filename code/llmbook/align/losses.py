@@ -1,9 +1,10 @@
-"""The loss pieces of post-training, as small functions with tensor contracts. Chapter 8.
+"""The loss pieces of post-training, as small functions with tensor contracts. Chapter
+8.
 
-Shapes: ``B`` sequences (responses), ``T`` positions, ``V`` vocabulary, ``P`` prompts and ``G``
-answers per prompt (a group). A ``mask`` is ``(B, T)``, 1 where a token is trained (an
-assistant's reply) and 0 elsewhere (prompt, padding); it may be bool or float. Every function
-checks its shapes and raises a ValueError naming the mismatch.
+Shapes: ``B`` sequences (responses), ``T`` positions, ``V`` vocabulary, ``P`` prompts
+and ``G`` answers per prompt (a group). A ``mask`` is ``(B, T)``, 1 where a token is
+trained (an assistant's reply) and 0 elsewhere (prompt, padding); it may be bool or
+float. Every function checks its shapes and raises a ValueError naming the mismatch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _same_shape(**tensors: Tensor) -> None:
 
 
 def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """``log p(targets[b, t])`` under ``logits``: ``(B, T, V)`` and ``(B, T)`` -> ``(B, T)``.
+    """``log p(targets[b, t])`` under ``logits``: ``(B, T, V)`` and ``(B, T)`` -> ``(B,
+    T)``.
 
     Computed in float32 with a log-softmax (a float16 logit can overflow ``exp``).
     """
@@ -36,8 +38,8 @@ def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def token_entropy(logits: Tensor) -> Tensor:
-    """The entropy (nats) of the next-token distribution at each position: ``(B, T, V)`` ->
-    ``(B, T)``. A policy whose entropy collapses to 0 has stopped exploring."""
+    """The entropy (nats) of the next-token distribution at each position: ``(B, T, V)``
+    -> ``(B, T)``. A policy whose entropy collapses to 0 has stopped exploring."""
     if logits.dim() != 3:
         raise ValueError(f"logits must be (B, T, V), got {tuple(logits.shape)}")
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -49,8 +51,9 @@ def masked_sum(
 ) -> Tensor:
     """``sum(values * mask) / normaliser`` over ``dim`` (all elements when None).
 
-    With a constant ``normaliser`` (e.g. the longest allowed response) a token's weight does not
-    depend on how long its sequence or micro-batch is (Dr. GRPO, Liu et al., 2025).
+    With a constant ``normaliser`` (e.g. the longest allowed response) a token's weight
+    does not depend on how long its sequence or micro-batch is (Dr. GRPO, Liu et al.,
+    2025).
     """
     _same_shape(values=values, mask=mask)
     if not normaliser > 0:
@@ -60,10 +63,11 @@ def masked_sum(
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """The mean of ``values`` where ``mask`` is 1, over ``dim`` (all elements when None).
+    """The mean of ``values`` where ``mask`` is 1, over ``dim`` (all elements when
+    None).
 
-    A row with nothing to average gives 0, not NaN: a micro-batch of prompts only must not
-    poison the parameters.
+    A row with nothing to average gives 0, not NaN: a micro-batch of prompts only must
+    not poison the parameters.
     """
     _same_shape(values=values, mask=mask)
     weights = mask.to(values.dtype)
@@ -94,9 +98,10 @@ def constant_groups(rewards: Tensor) -> Tensor:
 
 
 def group_advantages(rewards: Tensor, scale: bool = True, eps: float = 1e-6) -> Tensor:
-    """GRPO's advantages, ``(P, G)`` -> ``(P, G)``: each reward minus its group's mean, divided
-    by the group's standard deviation (``scale=True``, Shao et al., 2024; unbiased, as
-    ``torch.std``) or not (``scale=False``, Dr. GRPO). Constant groups give exactly 0."""
+    """GRPO's advantages, ``(P, G)`` -> ``(P, G)``: each reward minus its group's mean,
+    divided by the group's standard deviation (``scale=True``, Shao et al., 2024;
+    unbiased, as ``torch.std``) or not (``scale=False``, Dr. GRPO). Constant groups give
+    exactly 0."""
     constant = constant_groups(rewards)
     centred = rewards - rewards.mean(1, keepdim=True)
     if scale:
@@ -113,8 +118,8 @@ def _check_advantages(logprobs: Tensor, advantages: Tensor) -> None:
 
 
 def policy_gradient_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:
-    """REINFORCE's per-token loss ``-A * log pi(token)``, ``(B, T)`` and ``(B,)`` -> ``(B, T)``.
-    Aggregate it with :func:`masked_mean` or :func:`masked_sum`."""
+    """REINFORCE's per-token loss ``-A * log pi(token)``, ``(B, T)`` and ``(B,)`` ->
+    ``(B, T)``. Aggregate it with :func:`masked_mean` or :func:`masked_sum`."""
     _check_advantages(logprobs, advantages)
     return -advantages.detach().unsqueeze(1) * logprobs
 
@@ -122,11 +127,13 @@ def policy_gradient_loss(logprobs: Tensor, advantages: Tensor) -> Tensor:
 def clipped_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, epsilon: float = 0.2
 ) -> tuple[Tensor, Tensor]:
-    """PPO's clipped per-token loss (Schulman et al., 2017), as GRPO uses it: ``(B, T)``.
+    """PPO's clipped per-token loss (Schulman et al., 2017), as GRPO uses it: ``(B,
+    T)``.
 
-    ``ratio = pi / pi_old``; the loss is ``-min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)``,
-    so a token whose ratio has already moved ``eps`` in the direction ``A`` favours gets no
-    more gradient. Returns the loss and a bool ``(B, T)`` of where the clip was active.
+    ``ratio = pi / pi_old``; the loss is ``-min(ratio * A, clip(ratio, 1-eps, 1+eps) *
+    A)``, so a token whose ratio has already moved ``eps`` in the direction ``A``
+    favours gets no more gradient. Returns the loss and a bool ``(B, T)`` of where the
+    clip was active.
     """
     _check_advantages(logprobs, advantages)
     _same_shape(logprobs=logprobs, old_logprobs=old_logprobs)
@@ -140,9 +147,9 @@ def clipped_policy_loss(
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from sampled tokens (Schulman's k3):
-    ``r - log r - 1`` with ``r = pi_ref / pi``. Never negative; its expectation under pi is the
-    exact KL. Same shapes in and out."""
+    """Per-token estimate of KL(pi || pi_ref) from sampled tokens (Schulman's k3): ``r -
+    log r - 1`` with ``r = pi_ref / pi``. Never negative; its expectation under pi is
+    the exact KL. Same shapes in and out."""
     _same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
     log_ratio = ref_logprobs - logprobs
     return torch.exp(log_ratio) - log_ratio - 1.0
@@ -162,8 +169,9 @@ def dpo_loss(
     ref_rejected: Tensor,
     beta: float = 0.1,
 ) -> DPOOutput:
-    """DPO's per-example loss from summed log-probabilities, each ``(B,)`` (Rafailov et al.,
-    2023): ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``, with the implicit rewards."""
+    """DPO's per-example loss from summed log-probabilities, each ``(B,)`` (Rafailov et
+    al., 2023): ``-log sigmoid(beta * ((pc - rc) - (pr - rr)))``, with the implicit
+    rewards."""
     _same_shape(
         policy_chosen=policy_chosen,
         policy_rejected=policy_rejected,
@@ -185,8 +193,9 @@ def dpo_loss(
 
 
 def bradley_terry_loss(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor:
-    """A reward model's per-pair loss, ``(B,)`` -> ``(B,)``: ``-log sigmoid(r_c - r_r)``, the
-    negative log-likelihood of the preference under Bradley and Terry (1952)."""
+    """A reward model's per-pair loss, ``(B,)`` -> ``(B,)``: ``-log sigmoid(r_c -
+    r_r)``, the negative log-likelihood of the preference under Bradley and Terry
+    (1952)."""
     _same_shape(reward_chosen=reward_chosen, reward_rejected=reward_rejected)
     if reward_chosen.dim() != 1:
         raise ValueError(f"rewards must be (B,), got {tuple(reward_chosen.shape)}")
@@ -194,11 +203,12 @@ def bradley_terry_loss(reward_chosen: Tensor, reward_rejected: Tensor) -> Tensor
 
 
 def sft_loss(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Supervised fine-tuning, token-weighted: ``(B, T, V)``, ``(B, T)``, ``(B, T)`` -> the
-    *sum* of ``-log p`` over trained targets and their count (both scalars).
+    """Supervised fine-tuning, token-weighted: ``(B, T, V)``, ``(B, T)``, ``(B, T)`` ->
+    the *sum* of ``-log p`` over trained targets and their count (both scalars).
 
-    Micro-batches add their sums and counts, and the step divides once by the total count, so
-    the gradient does not depend on how a batch is split, and an all-prompt micro-batch adds 0.
+    Micro-batches add their sums and counts, and the step divides once by the total
+    count, so the gradient does not depend on how a batch is split, and an all-prompt
+    micro-batch adds 0.
     """
     _same_shape(targets=targets, mask=mask)
     logprobs = token_logprobs(logits, targets)

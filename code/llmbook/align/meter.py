@@ -1,20 +1,22 @@
-"""Counting syllables in English verse, and a meter reward that is hard to game. Chapter 8.
+"""Counting syllables in English verse, and a meter reward hard to game. Chapter 8.
 
-A blank-verse line of Shakespeare has ten syllables (iambic pentameter: five pairs, weak then
-strong). A program can check the count, so "write a line of ten syllables" is a task with a
-*verifiable reward*, the kind used to train reasoning models with reinforcement learning.
+A blank-verse line of Shakespeare has ten syllables (iambic pentameter: five pairs, weak
+then strong). A program can check the count, so "write a line of ten syllables" is a
+task with a *verifiable reward*, the kind used to train reasoning models with
+reinforcement learning.
 
-The counter is rule-based, as a reader would count by ear: each group of vowel letters is a
-syllable, then corrections for the spellings where English letters lie (a silent final ``e``,
-``-ed`` and ``-es`` that add no syllable, vowel pairs said as two syllables), and a small
-dictionary of exceptions. Shakespeare's own elisions (``th'``, ``o'er``, ``belov'd``) need no
-rule: dropping the apostrophe leaves a word the rules count correctly. The tests measure the
-counter on known lines and against the CMU Pronouncing Dictionary.
+The counter is rule-based, as a reader would count by ear: each group of vowel letters
+is a syllable, then corrections for the spellings where English letters lie (a silent
+final ``e``, ``-ed`` and ``-es`` that add no syllable, vowel pairs said as two
+syllables), and a small dictionary of exceptions. Shakespeare's own elisions (``th'``,
+``o'er``, ``belov'd``) need no rule: dropping the apostrophe leaves a word the rules
+count correctly. The tests measure the counter on known lines and against the CMU
+Pronouncing Dictionary.
 
 A reward that only counts syllables is easy to satisfy without writing verse: ten
-monosyllables, one word ten times, or a line copied from the prompt. :func:`hacking_flags`
-names these tricks and :func:`guarded_meter_reward` pays nothing for them (the chapter
-measures the difference).
+monosyllables, one word ten times, or a line copied from the prompt.
+:func:`hacking_flags` names these tricks and :func:`guarded_meter_reward` pays nothing
+for them (the chapter measures the difference).
 """
 
 from __future__ import annotations
@@ -100,10 +102,10 @@ EXCEPTIONS: dict[str, int] = {
     "none": 1,
     "there's": 1,
     "where's": 1,
-    "business's": 3,
 }
 
-_VOWELS = set("aeiouy")
+# Second parts of words after which the first part's final e is silent: "safety".
+_SUFFIXES = "ly|ful|less|ment|ness|ty|wise|forth|some|hood|dom|by|of|with"
 _WORD = re.compile(r"[a-z']+")
 
 
@@ -112,8 +114,9 @@ def _letters(word: str) -> str:
 
 
 def _vowel_mask(word: str) -> list[bool]:
-    """Which letters act as vowels: a, e, i, o, u always; y only where it is not a consonant
-    (a word's first letter before a vowel, as in "yet", or between vowels, as in "player")."""
+    """Which letters act as vowels: a, e, i, o, u always; y only where it is not a
+    consonant (a word's first letter before a vowel, as in "yet", or between vowels, as
+    in "player")."""
     mask = [ch in "aeiou" for ch in word]
     for i, ch in enumerate(word):
         if ch == "y":
@@ -133,10 +136,11 @@ def _consonant(word: str, mask: list[bool], i: int) -> bool:
 
 @lru_cache(maxsize=1 << 16)  # verse repeats its words: count each once
 def word_syllables(word: str) -> int:
-    """The syllables of one word (letters and apostrophes; other characters are ignored).
+    """The syllables of one word (letters and apostrophes; other characters are
+    ignored).
 
-    A word with no vowel left is an elision (``th'`` before a vowel): 0 syllables. Otherwise at
-    least 1.
+    A word with no vowel left is an elision (``th'`` before a vowel): 0 syllables.
+    Otherwise at least 1.
     """
     word = "".join(_WORD.findall(word.lower()))
     if word in EXCEPTIONS:
@@ -152,8 +156,9 @@ def word_syllables(word: str) -> int:
     if count == 0:
         return 0 if elided else 1
     n = len(word)
-    # Silent letters at the end: "love", "makes", "loved" (but "table", "horses", "wanted").
-    # "table", "sceptre", "nobles", "troubled", "hundred" keep their e: a consonant, then l or r.
+    # Silent letters at the end: "love", "makes", "loved" (but "table", "horses",
+    # "wanted"). "table", "sceptre", "nobles", "troubled", "hundred" keep their e: a
+    # consonant, then l or r.
     sounded_e = re.search(r"[^aeiouylr][lr]e[sd]?$", word) is not None
     if word.endswith("e") and not word.endswith("ee") and count > 1 and not sounded_e:
         if not re.search(
@@ -170,18 +175,19 @@ def word_syllables(word: str) -> int:
     elif word.endswith("ed") and count > 1 and not sounded_e:
         if _consonant(word, mask, n - 3) and word[n - 3] not in "td":
             count -= 1
-    # A silent e ending the first part of a word: "lovely", "careless", "safety", "likewise".
+    # A silent e ending the first part of a word: "lovely", "careless", "safety",
+    # "likewise".
     if (
         re.search(
-            r"[^aeiouy]e(ly|ful|less|ment|ness|ty|wise|forth|some|hood|dom|by|of|with)$",
+            rf"[^aeiouy]e({_SUFFIXES})$",
             word,
         )
         and count > 1
     ):
         count -= 1
-    # Vowel pairs said as two syllables (hiatus): "lion", "glorious", "trial", "being", "usual",
-    # "triumph", "obedience"; not after the consonants that make them one ("nation",
-    # "special", "opinion", "William").
+    # Vowel pairs said as two syllables (hiatus): "lion", "glorious", "trial", "being",
+    # "usual", "triumph", "obedience"; not after the consonants that make them one
+    # ("nation", "special", "opinion", "William").
     one = r"(?<![tscxg])(?<!sh)(?<!ll)(?<![aeiou][nl])"
     count += len(
         re.findall(
@@ -207,8 +213,9 @@ def syllable_count(line: str) -> int:
 
 
 def meter_reward(line: str, target: int = TARGET_SYLLABLES) -> float:
-    """A reward in [0, 1]: 1 for exactly ``target`` syllables, falling by 0.2 for each syllable
-    too many or too few (``1 - |n - target| / 5``, floored at 0). Only the first line counts."""
+    """A reward in [0, 1]: 1 for exactly ``target`` syllables, falling by 0.2 for each
+    syllable too many or too few (``1 - |n - target| / 5``, floored at 0). Only the
+    first line counts."""
     if target < 1:
         raise ValueError(f"target must be a positive number of syllables, got {target}")
     first = line.strip().split("\n")[0] if line.strip() else ""
@@ -218,8 +225,9 @@ def meter_reward(line: str, target: int = TARGET_SYLLABLES) -> float:
     return max(0.0, 1.0 - abs(n - target) / 5.0)
 
 
-# Consecutive one-syllable words. A cost: 9.4% of Shakespeare's ten-syllable lines (validation
-# scenes) are all monosyllables and are flagged too; the chapter weighs this against the hack.
+# Consecutive one-syllable words. A cost: 9.4% of Shakespeare's ten-syllable lines
+# (validation scenes) are all monosyllables and are flagged too; the chapter weighs this
+# against the hack.
 MAX_MONOSYLLABLE_RUN = 8
 MAX_WORD_REPEATS = 2  # times one word of three letters or more may occur in a line
 
@@ -229,13 +237,15 @@ def hacking_flags(
     copied_from: Iterable[str] = (),
     vocabulary: Collection[str] | None = None,
 ) -> list[str]:
-    """The ways ``line`` satisfies a syllable count without being verse (empty: none found).
+    """The ways ``line`` satisfies a syllable count without being verse (empty: none
+    found).
 
-    - ``"monosyllables"``: a run of more than :data:`MAX_MONOSYLLABLE_RUN` one-syllable words;
+    - ``"monosyllables"``: a run of more than :data:`MAX_MONOSYLLABLE_RUN` one-syllable
+      words;
     - ``"repeated word"``: a word of three letters or more used more than
       :data:`MAX_WORD_REPEATS` times;
-    - ``"copied"``: the line equals one of ``copied_from`` (e.g. the prompt), ignoring case
-      and punctuation;
+    - ``"copied"``: the line equals one of ``copied_from`` (e.g. the prompt), ignoring
+      case and punctuation;
     - ``"unknown words"``: with a ``vocabulary``, fewer than 80% of its words are in it.
     """
     first = line.strip().split("\n")[0] if line.strip() else ""

@@ -1,9 +1,10 @@
 """A reward model: the pretrained GPT with a scalar head. Chapter 8.
 
-It reads the final hidden state at the last real token of a (prompt, answer) sequence, the one
-position that has attended to all of it, and maps it to one number. Trained with
-:func:`llmbook.align.losses.bradley_terry_loss` on preference pairs, the number is a score whose
-*differences* are log-odds of preference (adding a constant changes nothing).
+It reads the final hidden state at the last real token of a (prompt, answer) sequence,
+the one position that has attended to all of it, and maps it to one number. Trained with
+:func:`llmbook.align.losses.bradley_terry_loss` on preference pairs, the number is a
+score whose *differences* are log-odds of preference (adding a constant changes
+nothing).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from torch import Tensor
 
 
 class RewardModel(nn.Module):
-    """``RewardModel(gpt)(idx, mask)``: ``(B, T)`` ids and a ``(B, T)`` mask of real tokens,
-    padding on the right -> ``(B,)`` scores. The GPT's output head is not used."""
+    """``RewardModel(gpt)(idx, mask)``: ``(B, T)`` ids and a ``(B, T)`` mask of real
+    tokens, padding on the right -> ``(B,)`` scores. The GPT's output head is not
+    used."""
 
     def __init__(self, gpt: nn.Module):
         super().__init__()

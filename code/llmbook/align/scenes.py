@@ -1,12 +1,14 @@
-"""The plays cut into scenes, and scenes assigned to train, validation and test. Chapter 8.
+"""The plays cut into scenes, and scenes assigned to train, validation and test. Chapter
+8.
 
-The corpus of Chapter 1 drops act and scene headings (they are editorial apparatus, not dialogue)
-and holds out whole plays. The post-training tasks need a finer unit: a task such as "which play
-is this passage from?" is only learnable if every play has scenes in training, and only measured
-honestly if no test item shares a scene with a training item (neighbouring lines of one scene
-give each other away). So here the raw Markdown is cut at its headings into scenes, each scene is
-parsed into speeches with :func:`llmbook.data.parse_play`, and each play's scenes are shuffled
-with a seed and dealt into the three splits.
+The corpus of Chapter 1 drops act and scene headings (they are editorial apparatus, not
+dialogue) and holds out whole plays. The post-training tasks need a finer unit: a task
+such as "which play is this passage from?" is only learnable if every play has scenes in
+training, and only measured honestly if no test item shares a scene with a training item
+(neighbouring lines of one scene give each other away). So here the raw Markdown is cut
+at its headings into scenes, each scene is parsed into speeches with
+:func:`llmbook.data.parse_play`, and each play's scenes are shuffled with a seed and
+dealt into the three splits.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ class Scene:
 def split_scenes(markdown: str, slug: str) -> list[Scene]:
     """Cut a play's Markdown at its headings into scenes and parse each into speeches.
 
-    ``# Title`` names the play and ``## ACT II`` sets the act; every other heading (``SCENE
-    III. ...``, ``PROLOGUE``, ``EPILOGUE``) starts a scene. Text between an act heading and
-    its first scene heading becomes a scene of its own, headed by the act. Scenes without a
-    single speech are dropped.
+    ``# Title`` names the play and ``## ACT II`` sets the act; every other heading
+    (``SCENE III. ...``, ``PROLOGUE``, ``EPILOGUE``) starts a scene. Text between an act
+    heading and its first scene heading becomes a scene of its own, headed by the act.
+    Scenes without a single speech are dropped.
     """
     text = data.normalize_whitespace(data.normalize_unicode(markdown))
     title = data.play_title(text) or slug
@@ -92,8 +94,9 @@ def load_scenes() -> tuple[Scene, ...]:
 
 @dataclass(frozen=True)
 class SceneSplitConfig:
-    """How scenes are dealt into splits: per play, a seeded shuffle, then ``val_fraction`` and
-    ``test_fraction`` of its scenes (at least one each when the play has three or more)."""
+    """How scenes are dealt into splits: per play, a seeded shuffle, then
+    ``val_fraction`` and ``test_fraction`` of its scenes (at least one each when the
+    play has three or more)."""
 
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -114,8 +117,8 @@ def assign_scene_splits(
 ) -> dict[str, str]:
     """Map each scene's :attr:`~Scene.key` to ``"train"``, ``"val"`` or ``"test"``.
 
-    Dealt per play so that every play with three or more scenes appears in every split (a
-    play-identification task needs each play in training and in test).
+    Dealt per play so that every play with three or more scenes appears in every split
+    (a play-identification task needs each play in training and in test).
     """
     by_play: dict[str, list[str]] = {}
     for scene in scenes:

@@ -2,17 +2,18 @@
 
 Four tasks, each a generator of :class:`Item` and a checker:
 
-- ``speaker``: who speaks this passage? The answer is one of the item's candidates (the true
-  speaker and others from the same play, in alphabetical order so that position gives nothing
-  away).
+- ``speaker``: who speaks this passage? The answer is one of the item's candidates (the
+  true speaker and others from the same play, in alphabetical order so that position
+  gives nothing away).
 - ``play``: which play is this passage from? One of a fixed list of plays.
-- ``finish``: finish this line of verse, given the line before and the line's first half.
-- ``meter``: write a line of ten syllables continuing a given line; no reference answer, the
-  reward is :func:`llmbook.align.meter.guarded_meter_reward`.
+- ``finish``: finish this line of verse, given the line before and the line's first
+  half.
+- ``meter``: write a line of ten syllables continuing a given line; no reference answer,
+  the reward is :func:`llmbook.align.meter.guarded_meter_reward`.
 
-Items come from the scenes of one split (:mod:`llmbook.align.scenes`), so train, validation
-and test items never share a scene, and are drawn with a seeded generator: the same seed gives
-the same items on every machine.
+Items come from the scenes of one split (:mod:`llmbook.align.scenes`), so train,
+validation and test items never share a scene, and are drawn with a seeded generator:
+the same seed gives the same items on every machine.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class Item:
     answer: str  # the reference answer ("" for the meter task, which has none)
     choices: tuple[str, ...] = ()  # the candidates, for multiple-choice tasks
     context: tuple[str, ...] = field(default=())  # lines a meter answer may not copy
+
+    def messages(self, answer: str | None = None) -> list[dict[str, str]]:
+        """The item as a conversation for :func:`.chat.render_conversation`
+        (its prompt, and ``answer``, the reference when None, as the reply)."""
+        reply = self.answer if answer is None else answer
+        return [
+            {"role": "user", "content": self.prompt},
+            {"role": "assistant", "content": reply},
+        ]
 
 
 @dataclass(frozen=True)
@@ -158,8 +168,8 @@ def make_items(
     seed: int = 0,
     config: TaskConfig = TaskConfig(),
 ) -> list[Item]:
-    """``n`` items of ``task`` from the scenes of ``split`` (all of them when None), drawn
-    with ``seed``: the same arguments give the same items."""
+    """``n`` items of ``task`` from the scenes of ``split`` (all of them when None),
+    drawn with ``seed``: the same arguments give the same items."""
     if task not in _GENERATORS:
         raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
     rng = random.Random(f"{task}/{split}/{seed}")
@@ -177,9 +187,10 @@ def make_items(
 def reward(item: Item, answer: str) -> float:
     """The reward of ``answer`` for ``item``, in [0, 1].
 
-    ``speaker`` and ``play``: 1 if the answer's first line names the right candidate (case and
-    punctuation ignored), else 0. ``finish``: the F1 of the answer's words against the
-    reference's (1 for an exact continuation). ``meter``: the guarded meter reward.
+    ``speaker`` and ``play``: 1 if the answer's first line names the right candidate
+    (case and punctuation ignored), else 0. ``finish``: the F1 of the answer's words
+    against the reference's (1 for an exact continuation). ``meter``: the guarded meter
+    reward.
     """
     first = answer.strip().split("\n")[0] if answer.strip() else ""
     if item.task in ("speaker", "play"):
