@@ -1,5 +1,4 @@
-"""The loss pieces of post-training, as small functions with tensor contracts. Chapter
-8.
+"""The loss pieces of post-training: small functions with tensor contracts. Chapter 8.
 
 Shapes: ``B`` sequences (responses), ``T`` positions, ``V`` vocabulary, ``P`` prompts
 and ``G`` answers per prompt (a group). A ``mask`` is ``(B, T)``, 1 where a token is

@@ -237,8 +237,7 @@ def hacking_flags(
     copied_from: Iterable[str] = (),
     vocabulary: Collection[str] | None = None,
 ) -> list[str]:
-    """The ways ``line`` satisfies a syllable count without being verse (empty: none
-    found).
+    """How ``line`` satisfies a syllable count without being verse (empty: no way).
 
     - ``"monosyllables"``: a run of more than :data:`MAX_MONOSYLLABLE_RUN` one-syllable
       words;
