@@ -1,5 +1,4 @@
-"""The plays cut into scenes, and scenes assigned to train, validation and test. Chapter
-8.
+"""The plays cut into scenes, and scenes dealt into train, validation, test. Chapter 8.
 
 The corpus of Chapter 1 drops act and scene headings (they are editorial apparatus, not
 dialogue) and holds out whole plays. The post-training tasks need a finer unit: a task
