@@ -21,18 +21,18 @@ def test_token_logprobs_and_entropy_match_torch():
     torch.manual_seed(0)
     logits, targets = torch.randn(3, 5, 7), torch.randint(0, 7, (3, 5))
     expected = -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    torch.testing.assert_close(L.token_logprobs(logits, targets), expected)
+    torch.testing.assert_close(L.token_log_probs(logits, targets), expected)
     torch.testing.assert_close(
         L.token_entropy(logits), Categorical(logits=logits).entropy()
     )
     # By hand: two equal logits -> log(1/2) and entropy log 2.
     two = torch.zeros(1, 1, 2)
-    assert L.token_logprobs(
+    assert L.token_log_probs(
         two, torch.zeros(1, 1, dtype=torch.long)
     ).item() == pytest.approx(-math.log(2))
     assert L.token_entropy(two).item() == pytest.approx(math.log(2))
     with pytest.raises(ValueError):
-        L.token_logprobs(logits, targets[:, :4])
+        L.token_log_probs(logits, targets[:, :4])
 
 
 def test_masked_mean_and_sum_by_hand():
@@ -83,7 +83,7 @@ def test_policy_gradient_gradient_is_advantage_times_score():
     logits = torch.randn(2, 3, 5, requires_grad=True)
     targets = torch.randint(0, 5, (2, 3))
     advantages = torch.tensor([2.0, -1.0])
-    loss = L.policy_gradient_loss(L.token_logprobs(logits, targets), advantages).sum()
+    loss = L.policy_gradient_loss(L.token_log_probs(logits, targets), advantages).sum()
     loss.backward()
     # d(-A log softmax_y)/dlogits = -A (onehot(y) - softmax).
     expected = -advantages[:, None, None] * (F.one_hot(targets, 5) - logits.softmax(-1))
@@ -111,10 +111,10 @@ def test_clipped_loss_on_policy_equals_policy_gradient():
     logits = torch.randn(3, 4, 6, requires_grad=True)
     targets = torch.randint(0, 6, (3, 4))
     advantages = torch.randn(3)
-    logprobs = L.token_logprobs(logits, targets)
+    logprobs = L.token_log_probs(logits, targets)
     clipped, _ = L.clipped_policy_loss(logprobs, logprobs.detach(), advantages)
     (grad_clip,) = torch.autograd.grad(clipped.sum(), logits)
-    plain = L.policy_gradient_loss(L.token_logprobs(logits, targets), advantages)
+    plain = L.policy_gradient_loss(L.token_log_probs(logits, targets), advantages)
     (grad_plain,) = torch.autograd.grad(plain.sum(), logits)
     torch.testing.assert_close(grad_clip, grad_plain)
     with pytest.raises(ValueError):

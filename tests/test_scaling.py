@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llmbook.model import GPT, GPTConfig, flops_per_token, matmul_parameters
+from llmbook.costs import flops_per_token, matmul_parameters
+from llmbook.model import GPT, GPTConfig
 from llmbook.scaling import budget, fit
 from llmbook.scaling.__main__ import main
 from llmbook.scaling.accounting import (
@@ -368,14 +369,6 @@ def test_flops_and_hours():
     ):
         with pytest.raises(ValueError):
             budget.flops_for_hours(1, **bad)
-
-
-def test_peak_flops_agree_with_the_training_loop():
-    from llmbook.train import PEAK_FLOPS
-
-    assert budget.PEAK_FLOPS == {
-        gpu: peaks["bfloat16"] for gpu, peaks in PEAK_FLOPS.items()
-    }
 
 
 def test_calculator_prints_each_law(capsys):

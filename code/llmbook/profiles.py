@@ -57,7 +57,7 @@ class AttentionSettings:
     lm_lr: float
     cost_seq_lens: tuple[int, ...]  # sequence lengths of the time and memory sweep, ascending
     cost_dtype: str  # "float32" or "bfloat16"
-    cost_repeats: int  # timed runs per point (the median is reported)
+    cost_repeats: int  # timed runs per point (the fastest is reported: load only adds time)
 
     def __post_init__(self) -> None:
         sizes = (self.lm_block_size, self.lm_d_model, self.lm_n_heads, self.lm_batch_size, self.lm_steps,

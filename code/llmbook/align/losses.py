@@ -14,26 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from llmbook.objectives import masked_mean, masked_sum, token_log_probs
+
 
 def _same_shape(**tensors: Tensor) -> None:
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"shapes must match, got {shapes}")
-
-
-def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """``log p(targets[b, t])`` under ``logits``: ``(B, T, V)`` and ``(B, T)`` -> ``(B,
-    T)``.
-
-    Computed in float32 with a log-softmax (a float16 logit can overflow ``exp``).
-    """
-    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
-        raise ValueError(
-            f"logits must be (B, T, V) and targets (B, T) with the same B, T; "
-            f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
-        )
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
 
 
 def token_entropy(logits: Tensor) -> Tensor:
@@ -43,36 +30,6 @@ def token_entropy(logits: Tensor) -> Tensor:
         raise ValueError(f"logits must be (B, T, V), got {tuple(logits.shape)}")
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def masked_sum(
-    values: Tensor, mask: Tensor, normaliser: float = 1.0, dim: int | None = None
-) -> Tensor:
-    """``sum(values * mask) / normaliser`` over ``dim`` (all elements when None).
-
-    With a constant ``normaliser`` (e.g. the longest allowed response) a token's weight
-    does not depend on how long its sequence or micro-batch is (Dr. GRPO, Liu et al.,
-    2025).
-    """
-    _same_shape(values=values, mask=mask)
-    if not normaliser > 0:
-        raise ValueError(f"normaliser must be positive, got {normaliser}")
-    total = values * mask.to(values.dtype)
-    return (total.sum() if dim is None else total.sum(dim)) / normaliser
-
-
-def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """The mean of ``values`` where ``mask`` is 1, over ``dim`` (all elements when
-    None).
-
-    A row with nothing to average gives 0, not NaN: a micro-batch of prompts only must
-    not poison the parameters.
-    """
-    _same_shape(values=values, mask=mask)
-    weights = mask.to(values.dtype)
-    total = (values * weights).sum() if dim is None else (values * weights).sum(dim)
-    count = weights.sum() if dim is None else weights.sum(dim)
-    return total / count.clamp(min=1.0)
 
 
 def sequence_logprobs(logprobs: Tensor, mask: Tensor, average: bool = False) -> Tensor:
@@ -210,5 +167,5 @@ def sft_loss(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Ten
     micro-batch adds 0.
     """
     _same_shape(targets=targets, mask=mask)
-    logprobs = token_logprobs(logits, targets)
+    logprobs = token_log_probs(logits, targets)
     return -masked_sum(logprobs, mask), mask.to(logprobs.dtype).sum()

@@ -13,8 +13,8 @@ import argparse
 import math
 import sys
 
+from llmbook.measure import PEAK_FLOPS
 from llmbook.scaling.budget import (
-    PEAK_FLOPS,
     flops_for_hours,
     hours_for_flops,
     inference_aware_optimum,

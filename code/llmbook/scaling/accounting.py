@@ -2,7 +2,7 @@
 
 Scaling laws count compute as ``C = 6 N D``: each of ``D`` tokens meets each of ``N``
 weights in a multiply-add (2 FLOPs) forward and twice that backward. Attention adds a
-term per token that grows with the context; :func:`llmbook.model.flops_per_token`
+term per token that grows with the context; :func:`llmbook.costs.flops_per_token`
 (Chapter 4) counts both, and at the book's small widths the attention term is not
 negligible.
 
@@ -16,11 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmbook.model import (
-    GPTConfig,
-    count_parameters,
-    flops_per_token,
-)  # -> llmbook.costs
+from llmbook.costs import count_parameters, flops_per_token
+from llmbook.model import GPTConfig
 
 
 def training_flops(n_params: float, tokens: float) -> float:

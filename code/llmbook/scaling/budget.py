@@ -10,18 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmbook.measure import PEAK_FLOPS
 from llmbook.scaling.laws import (
     HOFFMANN_TABLE3,
     LAWS,
     ChinchillaLaw,
     tokens_per_parameter_rule,
 )
-
-# Dense bfloat16 peak FLOP/s by GPU, from the vendors' data sheets (H100 SXM; an H200
-# has the H100's compute with more, faster memory). The same numbers as
-# llmbook.train.PEAK_FLOPS (a test keeps them equal), kept here so that the calculator
-# starts without importing torch; both move to llmbook.measure.
-PEAK_FLOPS: dict[str, float] = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 # --------------------------------------------------------------------------------------
 # Budget tables
@@ -268,8 +263,9 @@ def inference_aware_optimum(
 
 
 def peak_flops(gpu: str) -> float:
-    """Dense bfloat16 peak FLOP/s of ``gpu`` (in :data:`PEAK_FLOPS`, any case)."""
-    table = {name.lower(): peak for name, peak in PEAK_FLOPS.items()}
+    """Dense bfloat16 peak FLOP/s of ``gpu`` (:data:`llmbook.measure.PEAK_FLOPS`, any
+    case)."""
+    table = {name.lower(): peaks["bfloat16"] for name, peaks in PEAK_FLOPS.items()}
     if gpu.lower() not in table:
         raise ValueError(f"unknown GPU {gpu!r}; choose one of {sorted(table)}")
     return table[gpu.lower()]
