@@ -127,7 +127,8 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
     that each entry is a tensor some backward formula needs:
 
     - a norm saves its input, its per-token statistics (float32) and its output (the next
-      linear layer's input); torch's CPU RMSNorm is a chain of ops that also keeps x_hat;
+      linear layer's input); written out as a chain of ops (torch's CPU RMSNorm, our
+      ``fused=False`` norms) it also keeps x_hat (and x - mean);
     - the fused attention kernel (flash, no dropout) keeps q, k, v, its output and the
       per-row log-sum-exp: no T x T matrix. With RoPE, q and k are new tensors and the
       output must be copied to (B, T, C) for ``proj``; v is a view that keeps the whole
@@ -149,17 +150,29 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
     dropout = config.dropout if training else 0.0
     rope = config.pos_encoding == "rope"
     terms: dict[str, int] = {}
-    stats = 4 if config.norm == "rmsnorm" else 8  # rstd (and mean), float32 per token
-    x_hat = config.norm == "rmsnorm" and kernels == "cpu"
+    rms = config.norm == "rmsnorm"
+    one_kernel = config.fused and (kernels == "cuda" or not rms)  # else a chain of ops
+    stats = 8 if one_kernel and not rms else 4  # rstd (and mean), float32 per token
     for i in (1, 2):
         terms[f"norm{i} input"] = n * C * e
         terms[f"norm{i} statistics"] = n * stats
-        if x_hat:
+        if not one_kernel:
             terms[f"norm{i} x_hat"] = n * C * e
+            if not rms:
+                terms[f"norm{i} x - mean"] = n * C * e
         terms[f"norm{i} output (linear input)"] = n * C * e
     plain = not config.fused or (dropout > 0 and kernels == "cpu")
-    if plain:  # scores materialised: q and k (scaled or copied), v copied
-        terms["attention q, k, v"] = n * (C + 2 * kv) * e
+    if plain:  # scores materialised: bmm saves q, k and v, folded to (B H, T, hd)
+        # (1, H, T, hd) views of the qkv output fold without a copy; larger batches copy.
+        # Our path repeats k and v to every head (GQA); torch's math path scales q and k.
+        kv_used = kv if config.fused else C
+        v_view = batch_size == 1 and (config.fused or kv == C)
+        if v_view:
+            terms["fused qkv output (views)"] = n * (C + 2 * kv) * e
+        else:
+            terms["attention v copy"] = n * kv_used * e
+        if not (v_view and not rope and not config.fused):
+            terms["attention q, k"] = n * (C + kv_used) * e
         terms["attention probabilities"] = n * H * T * e
         if not config.fused:  # our softmax: exp in float32 and row sums
             terms["attention exp, row sums"] = n * H * (T * 4 + 2 * 4)
