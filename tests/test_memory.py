@@ -62,8 +62,9 @@ CASES = [  # (preset, overrides, batch, seq_len)
     ("book-cpu", {"fused": False}, 2, 32),  # our attention: T x T matrices saved
     ("book-gpu", {}, 1, 64),  # dropout 0.2: masks, and torch's plain attention path
     ("book-gpu", {"dropout": 0.0}, 1, 64),
-    ("gpt2", {}, 1, 32),  # LayerNorm, GELU, learned positions, no RoPE
-    ("gpt2", {"fused": False}, 2, 16),  # written-out LayerNorm and attention
+    # GPT-2 small's block (one layer built: the block does not depend on the rest):
+    ("gpt2", {"n_layer": 1}, 1, 32),  # LayerNorm, GELU, learned positions, no RoPE
+    ("gpt2", {"n_layer": 1, "fused": False}, 2, 16),  # written-out LayerNorm, attention
 ]
 
 
@@ -81,11 +82,22 @@ def test_block_activations_predicted_equal_measured(name, overrides, batch, seq_
 def test_model_activations_with_checkpointing(name, overrides, batch, seq_len, mode):
     config = GPTConfig.preset(name, **overrides)
     torch.manual_seed(0)
-    model = memory.apply_checkpointing(GPT(config), mode) if mode != "none" else GPT(config)
+    model = GPT(config)
+    if mode != "none":
+        memory.apply_checkpointing(model, mode)
     idx = torch.randint(0, config.vocab_size, (batch, seq_len))
     measured = memory.measure_activation_bytes(model, idx, idx)
     predicted = memory.predict_activation_bytes(config, batch, seq_len,
                                                 checkpointing=mode)["total"]
+    assert measured == pytest.approx(predicted, rel=TOLERANCE)
+
+
+def test_gpt2_small_whole_model_predicted_equal_measured():
+    config = GPTConfig.preset("gpt2")
+    torch.manual_seed(0)
+    idx = torch.randint(0, config.vocab_size, (1, 32))
+    measured = memory.measure_activation_bytes(GPT(config), idx, idx)
+    predicted = memory.predict_activation_bytes(config, 1, 32)["total"]
     assert measured == pytest.approx(predicted, rel=TOLERANCE)
 
 

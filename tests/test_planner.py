@@ -1,5 +1,5 @@
-"""The parallelism planner: memory per GPU and step time of dp x tp x pp plans with ZeRO,
-checked on cases worked by hand (llmbook.planner, Chapter 6)."""
+"""The parallelism planner: memory per GPU and step time of dp x tp x pp plans with
+ZeRO, checked on cases worked by hand (llmbook.planner, Chapter 6)."""
 
 import pytest
 
@@ -41,7 +41,8 @@ def test_tensor_and_pipeline_parallelism_split_the_parameters():
     cluster, work = Cluster(n_gpus=8), Workload(batch_size=8, seq_len=512)
     base = _states(plan_memory(LLAMA, cluster, work, Plan(dp=8)))
     assert _states(plan_memory(LLAMA, cluster, work, Plan(dp=4, tp=2))) == base / 2
-    assert _states(plan_memory(LLAMA, cluster, work, Plan(dp=2, tp=2, pp=2))) == base / 4
+    quarter = plan_memory(LLAMA, cluster, work, Plan(dp=2, tp=2, pp=2))
+    assert _states(quarter) == base / 4
 
 
 def test_pipeline_bubble_by_hand():
@@ -59,7 +60,8 @@ def test_step_time_by_hand():
     assert t["compute"] == pytest.approx(flops / (8 * 989e12 * 0.4))
     assert t["dp_comm"] == pytest.approx(allreduce_seconds(2 * N, 8, 450e9, 5e-6))
     assert t["tp_comm"] == 0 and t["pp_comm"] == 0
-    # a pipeline of 2 stages with m = 64 / (4 x 1) = 16 micro-batches idles 1/17 of the time
+    # a pipeline of 2 stages with m = 64 / (4 x 1) = 16 micro-batches idles 1/17 of the
+    # time
     piped = plan_step_seconds(LLAMA, cluster, work, Plan(dp=4, pp=2))
     assert piped["compute"] == pytest.approx(t["compute"] * 17 / 16)
     zero3 = plan_step_seconds(LLAMA, cluster, work, Plan(dp=8, zero=3))
@@ -78,8 +80,8 @@ def test_ranking_puts_fitting_plans_first_and_fastest_first():
     # traffic, and its gradients are only 250 MB)
     assert (rows[0]["tp"], rows[0]["pp"]) == (1, 1)
     # and a 7B model, which one GPU cannot hold, fits 8 with checkpointing
-    assert rank_plans(LLAMA, Cluster(n_gpus=8), Workload(batch_size=8, seq_len=2048,
-                                                         checkpointing="block"))[0]["fits"]
+    work = Workload(batch_size=8, seq_len=2048, checkpointing="block")
+    assert rank_plans(LLAMA, Cluster(n_gpus=8), work)[0]["fits"]
 
 
 def test_candidates_respect_divisibility():

@@ -31,10 +31,10 @@ def _run(scaler, overflow_steps, n_steps=12):
     x, y = torch.randn(16, 4), torch.randn(16, 1)
     scales, params = [], []
     for step in range(n_steps):
-        def loss_fn():
-            loss = ((model(x) - y) ** 2).mean()
-            # an injected overflow: the scaled gradients become inf
-            return loss * (math.inf if step in overflow_steps else 1.0)
+        factor = math.inf if step in overflow_steps else 1.0  # an injected overflow
+
+        def loss_fn(factor=factor):
+            return ((model(x) - y) ** 2).mean() * factor
         scaled_step(loss_fn, optimizer, scaler)
         scales.append(float(scaler.get_scale()))
         params.append([p.detach().clone() for p in model.parameters()])
@@ -78,4 +78,5 @@ def test_scaling_rescues_float16_gradients():
     # zero unless the loss is scaled first.
     g = torch.tensor(1e-8)
     assert g.half().item() == 0.0
-    assert (g * 2.0**16).half().float().item() / 2.0**16 == pytest.approx(1e-8, rel=1e-3)
+    rescued = (g * 2.0**16).half().float().item() / 2.0**16
+    assert rescued == pytest.approx(1e-8, rel=1e-3)

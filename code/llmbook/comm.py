@@ -1,15 +1,15 @@
-"""What communication costs: the alpha-beta model of a collective, fitted to measurements.
-Chapter 6.
+"""What communication costs: the alpha-beta model of a collective, fitted to
+measurements. Chapter 6.
 
-Sending ``m`` bytes over a link costs ``alpha + m / beta``: a fixed latency ``alpha`` per
-message and a bandwidth ``beta``. A ring all-reduce over ``n`` ranks (Patarasuk and Yuan,
-2009) sends each rank's data around the ring twice, once to reduce and once to gather, in
-``2 (n - 1)`` steps of ``m / n`` bytes:
+Sending ``m`` bytes over a link costs ``alpha + m / beta``: a fixed latency ``alpha``
+per message and a bandwidth ``beta``. A ring all-reduce over ``n`` ranks (Patarasuk and
+Yuan, 2009) sends each rank's data around the ring twice, once to reduce and once to
+gather, in ``2 (n - 1)`` steps of ``m / n`` bytes:
 
     t = 2 (n - 1) alpha + 2 (n - 1) / n * m / beta
 
-so for large messages the time depends on the bytes and the bandwidth only, not on ``n``.
-:func:`measure_allreduce` times gloo all-reduces between two local processes and
+so for large messages the time depends on the bytes and the bandwidth only, not on
+``n``. :func:`measure_allreduce` times gloo all-reduces between two local processes and
 :func:`fit_alpha_beta` recovers the two constants by least squares.
 """
 
@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 
 @dataclass(frozen=True)
 class Link:
-    """A link between GPUs: bandwidth per direction per GPU (bytes/s) and latency (s)."""
+    """A link between GPUs: bandwidth per direction per GPU (bytes/s), latency (s)."""
 
     name: str
     bandwidth: float
@@ -68,8 +68,9 @@ def fit_alpha_beta(nbytes: Sequence[float], seconds: Sequence[float],
     magnitude, and plain least squares would fit the largest message and let the
     small ones, where latency shows, go wrong by any factor."""
     if len(nbytes) != len(seconds) or len(nbytes) < 2 or n < 2:
-        raise ValueError("need at least two (nbytes, seconds) pairs of equal length and "
-                         f"n >= 2; got {len(nbytes)} sizes, {len(seconds)} times, n={n}")
+        raise ValueError("need at least two (nbytes, seconds) pairs of equal length "
+                         f"and n >= 2; got {len(nbytes)} sizes, {len(seconds)} times, "
+                         f"n={n}")
     m = np.asarray(nbytes, dtype=np.float64)
     design = np.stack([np.full_like(m, 2 * (n - 1)), 2 * (n - 1) / n * m], axis=1)
     t = np.asarray(seconds, dtype=np.float64)
@@ -77,8 +78,8 @@ def fit_alpha_beta(nbytes: Sequence[float], seconds: Sequence[float],
                                             rcond=None)
     if inv_beta <= 0 or alpha < 0:
         raise ValueError(f"the fit gave latency {alpha:.3g} s and 1/bandwidth "
-                         f"{inv_beta:.3g} s/B, not both positive; time more repeats over "
-                         "a wider range of sizes")
+                         f"{inv_beta:.3g} s/B, not both positive; time more repeats "
+                         "over a wider range of sizes")
     return float(alpha), float(1.0 / inv_beta)
 
 
@@ -91,7 +92,7 @@ def free_port() -> int:
 
 def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeats: int,
                       results) -> None:
-    """One rank: time ``repeats`` all-reduces of each size (float32), keep the median."""
+    """One rank: time ``repeats`` all-reduces of each size (float32); the median."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -118,7 +119,8 @@ def measure_allreduce(sizes: Sequence[int], *, world_size: int = 2,
     """Median seconds of a gloo all-reduce of each size in bytes, between ``world_size``
     local processes (spawned, one thread each)."""
     if any(s < 4 for s in sizes):
-        raise ValueError(f"sizes are bytes of float32 data, at least 4; got {list(sizes)}")
+        raise ValueError(f"sizes are bytes of float32 data, at least 4; got "
+                         f"{list(sizes)}")
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
     mp.start_processes(_allreduce_worker, nprocs=world_size, start_method="spawn",

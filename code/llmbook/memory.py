@@ -3,14 +3,14 @@
 Two kinds of memory fill a GPU during training:
 
 1. **Model states**, a fixed number of bytes per parameter: the weights, their gradients
-   and AdamW's two moments (plus a float32 master copy under mixed precision). This is the
-   "16 bytes per parameter" rule (Rajbhandari et al., 2020, ZeRO), and it is why a 7B
-   model does not train on one 80 GB GPU: :func:`memory_table`.
+   and AdamW's two moments (plus a float32 master copy under mixed precision). This is
+   the "16 bytes per parameter" rule (Rajbhandari et al., 2020, ZeRO), and it is why a
+   7B model does not train on one 80 GB GPU: :func:`memory_table`.
 2. **Activations**, the tensors the forward pass saves for the backward pass. They grow
    with batch and sequence length. Korthikanti et al. (2022) count
-   ``s b h (34 + 5 a s / h)`` bytes per layer for an fp16 GPT with dropout; we derive the
-   same kind of sum for *our* block, tensor by tensor (:func:`activation_terms`), and
-   check it against what autograd really saves (:func:`saved_activation_bytes`).
+   ``s b h (34 + 5 a s / h)`` bytes per layer for an fp16 GPT with dropout; we derive
+   the same kind of sum for *our* block, tensor by tensor (:func:`activation_terms`),
+   and check it against what autograd really saves (:func:`saved_activation_bytes`).
 
 Activation checkpointing (:func:`apply_checkpointing`) trades memory for time: a
 checkpointed block keeps only its input and recomputes the rest during backward.
@@ -33,7 +33,7 @@ from llmbook.model import GPT, GPTConfig, count_parameters
 
 GB = 1e9
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # 1. Model states: bytes per parameter
 
 
@@ -55,9 +55,10 @@ class BytesPerParam:
 PRECISIONS: dict[str, BytesPerParam] = {
     # Everything float32: 4 + 4 + 4 + 4 = 16.
     "fp32": BytesPerParam(weights=4, grads=4, master=0, adam_m=4, adam_v=4),
-    # Mixed precision as in Megatron and ZeRO: 16-bit weights and gradients for the matrix
-    # multiplies, a float32 master copy for the update (a bf16 weight cannot absorb an
-    # update smaller than 2^-8 of itself), float32 moments: 2 + 2 + 4 + 4 + 4 = 16.
+    # Mixed precision as in Megatron and ZeRO: 16-bit weights and gradients for the
+    # matrix multiplies, a float32 master copy for the update (a bf16 weight cannot
+    # absorb an update smaller than 2^-8 of itself), float32 moments:
+    # 2 + 2 + 4 + 4 + 4 = 16.
     "bf16-mixed": BytesPerParam(weights=2, grads=2, master=4, adam_m=4, adam_v=4),
     # torch.autocast keeps float32 weights and gradients and casts on the fly: also 16,
     # the saving is in activations only.
@@ -69,16 +70,19 @@ PRECISIONS: dict[str, BytesPerParam] = {
 
 def _precision(name: str) -> BytesPerParam:
     if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; choose one of {sorted(PRECISIONS)}")
+        raise ValueError(f"unknown precision {name!r}; choose one of "
+                         f"{sorted(PRECISIONS)}")
     return PRECISIONS[name]
 
 
 def n_parameters(config: GPTConfig) -> int:
-    """Trainable parameters of ``GPT(config)``, from the shapes alone (a tied head once)."""
+    """Trainable parameters of ``GPT(config)`` from the shapes alone (a tied head
+    counted once)."""
     return sum(count_parameters(config).values())
 
 
-def model_state_bytes(config: GPTConfig, precision: str = "bf16-mixed") -> dict[str, int]:
+def model_state_bytes(config: GPTConfig,
+                      precision: str = "bf16-mixed") -> dict[str, int]:
     """Bytes of weights, gradients, master weights and AdamW moments for ``config``.
 
     Keys: ``weights``, ``grads``, ``master``, ``adam_m``, ``adam_v`` and ``total``.
@@ -91,7 +95,8 @@ def model_state_bytes(config: GPTConfig, precision: str = "bf16-mixed") -> dict[
     return out
 
 
-# GPT-2's four sizes and Llama 2 7B (32 layers, d 4096, 32 heads, SwiGLU 11008, V 32000).
+# GPT-2's four sizes and Llama 2 7B (32 layers, d 4096, 32 heads, SwiGLU 11008,
+# vocabulary 32000).
 TABLE_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama2-7b")
 
 
@@ -105,14 +110,15 @@ def memory_table(models: Iterable[str] = TABLE_MODELS,
         config = GPTConfig.preset(name)
         for precision in precisions:
             states = model_state_bytes(config, precision)
-            row = {"model": name, "params": n_parameters(config), "precision": precision}
+            row = {"model": name, "params": n_parameters(config),
+                   "precision": precision}
             row.update({f"{k}_GB": v / GB for k, v in states.items()})
             row["fits"] = states["total"] <= gpu_bytes
             rows.append(row)
     return rows
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # 2. Activations, predicted: the tensors our block saves, one by one
 
 KERNELS = ("cpu", "cuda")
@@ -123,22 +129,23 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
                      training: bool = True) -> dict[str, int]:
     """Bytes saved for backward by one :class:`~llmbook.model.Block`, as named tensors.
 
-    Derived for the block as written (pre-norm; the kernels torch picks on ``kernels``), so
-    that each entry is a tensor some backward formula needs:
+    Derived for the block as written (pre-norm; the kernels torch picks on ``kernels``),
+    so that each entry is a tensor some backward formula needs:
 
-    - a norm saves its input, its per-token statistics (float32) and its output (the next
-      linear layer's input); written out as a chain of ops (torch's CPU RMSNorm, our
-      ``fused=False`` norms) it also keeps x_hat (and x - mean);
+    - a norm saves its input, its per-token statistics (float32) and its output (the
+      next linear layer's input); written out as a chain of ops (torch's CPU RMSNorm,
+      our ``fused=False`` norms) it also keeps x_hat (and x - mean);
     - the fused attention kernel (flash, no dropout) keeps q, k, v, its output and the
       per-row log-sum-exp: no T x T matrix. With RoPE, q and k are new tensors and the
       output must be copied to (B, T, C) for ``proj``; v is a view that keeps the whole
       fused qkv output alive. Without RoPE, q, k and v are all views of that one tensor;
-    - attention dropout (on the CPU) or ``fused=False`` takes the plain path, which keeps
-      T x T matrices: softmax probabilities, dropout mask, dropped probabilities;
+    - attention dropout (on the CPU) or ``fused=False`` takes the plain path, which
+      keeps T x T matrices: softmax probabilities, dropout mask, dropped probabilities;
     - the MLP keeps its hidden activations (gated: [gate|up], act(gate), their product);
     - residual dropout keeps a mask (a float tensor on the CPU, bytes on CUDA).
 
-    ``bytes_per_value``: 4 for float32, 2 under bf16 (checked on the CPU in float32 only).
+    ``bytes_per_value``: 4 for float32, 2 under bf16 (checked on the CPU in float32
+    only); ``kernels="cuda"`` is derived from the kernels' signatures, not measured.
     """
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}; choose one of {KERNELS}")
@@ -163,8 +170,9 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
         terms[f"norm{i} output (linear input)"] = n * C * e
     plain = not config.fused or (dropout > 0 and kernels == "cpu")
     if plain:  # scores materialised: bmm saves q, k and v, folded to (B H, T, hd)
-        # (1, H, T, hd) views of the qkv output fold without a copy; larger batches copy.
-        # Our path repeats k and v to every head (GQA); torch's math path scales q and k.
+        # (1, H, T, hd) views of the qkv output fold without a copy; larger batches
+        # copy. Our path repeats k and v to every head (GQA); torch's math path
+        # scales q and k.
         kv_used = kv if config.fused else C
         v_view = batch_size == 1 and (config.fused or kv == C)
         if v_view:
@@ -237,14 +245,14 @@ _ATTENTION = ("attention", "fused qkv", "rotated")
 
 
 def korthikanti_bytes(seq_len: int, batch_size: int, d_model: int, n_head: int) -> int:
-    """Korthikanti et al. (2022), eq. 1: bytes of activations per layer of an fp16 GPT with
-    dropout and plain attention, ``s b h (34 + 5 a s / h)``; the paper's yardstick, to set
-    beside :func:`activation_terms` for our block."""
+    """Korthikanti et al. (2022), eq. 1: bytes of activations per layer of an fp16 GPT
+    with dropout and plain attention, ``s b h (34 + 5 a s / h)``; the paper's yardstick,
+    to set beside :func:`activation_terms` for our block."""
     s, b, h, a = seq_len, batch_size, d_model, n_head
     return s * b * h * 34 + 5 * a * s * s * b
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # 3. Activations, measured: what autograd saves
 
 
@@ -260,13 +268,14 @@ class _Saved:
 
 def saved_activation_bytes(fn: Callable[[], object],
                            exclude: Iterable[Tensor] = ()) -> tuple[int, object]:
-    """Run ``fn()`` and return (bytes autograd holds for backward afterwards, its result).
+    """Run ``fn()``; return (the bytes autograd holds for backward afterwards, its
+    result).
 
     Every tensor saved by an autograd node passes through the pack hook of
-    ``torch.autograd.graph.saved_tensors_hooks``. Several ops save views of one tensor, so
-    we count each storage once (keyed by its address), only while still referenced by the
-    graph, and leave out the storages of ``exclude`` (the parameters and buffers: they are
-    model state, not activations).
+    ``torch.autograd.graph.saved_tensors_hooks``. Several ops save views of one tensor,
+    so we count each storage once (keyed by its address), only while still referenced by
+    the graph, and leave out the storages of ``exclude`` (the parameters and buffers:
+    they are model state, not activations).
     """
     boxes: list[weakref.ref] = []
 
@@ -292,12 +301,14 @@ def measure_activation_bytes(model: GPT, idx: Tensor, targets: Tensor) -> int:
     """Bytes saved for backward by one training forward of ``model`` with the loss."""
     state = [*model.parameters(), *model.buffers()]
     model.train()
-    nbytes, (_, loss) = saved_activation_bytes(lambda: model(idx, targets), exclude=state)
+    nbytes, (_, loss) = saved_activation_bytes(lambda: model(idx, targets),
+                                               exclude=state)
     del loss
     return nbytes
 
 
-def measure_block_bytes(model: GPT, batch_size: int, seq_len: int, layer: int = 0) -> int:
+def measure_block_bytes(model: GPT, batch_size: int, seq_len: int,
+                        layer: int = 0) -> int:
     """Bytes saved by block ``layer`` alone, fed a random (B, T, C) input."""
     model.train()
     block = model.blocks[layer]
@@ -310,9 +321,11 @@ def measure_block_bytes(model: GPT, batch_size: int, seq_len: int, layer: int = 
 
 def cuda_activation_bytes(model: GPT, idx: Tensor, targets: Tensor) -> int:
     """On a GPU: the peak memory one forward with the loss adds (the saved activations,
-    plus the transient peak of the largest op), from ``torch.cuda.max_memory_allocated``."""
+    plus the transient peak of the largest op), from
+    ``torch.cuda.max_memory_allocated``."""
     if idx.device.type != "cuda":
-        raise ValueError("cuda_activation_bytes needs the model and data on a CUDA device")
+        raise ValueError("cuda_activation_bytes needs the model and data on a CUDA "
+                         "device: move both with .cuda()")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -323,16 +336,17 @@ def cuda_activation_bytes(model: GPT, idx: Tensor, targets: Tensor) -> int:
     return peak - before
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # 4. Activation checkpointing
 
 CHECKPOINTING = ("none", "block", "attention")
 
 
 class Checkpointed(nn.Module):
-    """``module`` run under ``torch.utils.checkpoint``: its forward keeps only its inputs,
-    and the backward runs it again to get the rest. Non-reentrant, the recommended mode:
-    it handles keyword arguments and inputs that do not require gradients."""
+    """``module`` run under ``torch.utils.checkpoint``: its forward keeps only its
+    inputs, and the backward runs it again to get the rest. Non-reentrant, the
+    recommended mode: it handles keyword arguments and inputs that do not require
+    gradients."""
 
     def __init__(self, module: nn.Module):
         super().__init__()

@@ -1,13 +1,15 @@
-"""Before launching: memory per GPU and step time of each way to split a model. Chapter 6.
+"""Before launching: memory per GPU and step time of each way to split a model.
+Chapter 6.
 
 A plan splits ``n`` GPUs as ``dp x tp x pp``: tensor parallelism (Megatron: each weight
 matrix split over ``tp`` GPUs of one node), pipeline parallelism (the layers in ``pp``
 stages, the batch in ``m`` micro-batches) and data parallelism over the rest, with ZeRO
 stage 0-3 sharding the model states over the ``dp`` replicas (stage 3 is FSDP). For each
-plan :func:`plan_memory` adds up model states (:mod:`llmbook.memory`) and activations, and
-:func:`plan_step_seconds` adds compute (``flops_per_token`` at a given MFU, stretched by the
-pipeline bubble ``(p - 1) / (m + p - 1)``) to communication (:mod:`llmbook.comm`), with no
-overlap assumed: an upper bound. :func:`rank_plans` says what fits and what is fastest.
+plan :func:`plan_memory` adds up model states (:mod:`llmbook.memory`) and activations,
+and :func:`plan_step_seconds` adds compute (``flops_per_token`` at a given MFU,
+stretched by the pipeline bubble ``(p - 1) / (m + p - 1)``) to communication
+(:mod:`llmbook.comm`), with no overlap assumed: an upper bound. :func:`rank_plans` says
+what fits and what is fastest.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ class Workload:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of "
                              f"{sorted(PRECISIONS)}")
         if self.checkpointing not in CHECKPOINTING:
-            raise ValueError(f"unknown checkpointing {self.checkpointing!r}; choose one "
-                             f"of {CHECKPOINTING}")
+            raise ValueError(f"unknown checkpointing {self.checkpointing!r}; "
+                             f"choose one of {CHECKPOINTING}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Plan:
     dp: int
     tp: int = 1
     pp: int = 1
-    zero: int = 0  # 0: replicate; 1: shard optimizer; 2: + gradients; 3: + weights (FSDP)
+    zero: int = 0  # 0 replicate; 1 shard optimizer; 2 + gradients; 3 + weights (FSDP)
 
     def __post_init__(self) -> None:
         if min(self.dp, self.tp, self.pp) < 1 or self.zero not in (0, 1, 2, 3):
@@ -98,8 +100,9 @@ def pipeline_bubble(p: int, m: int) -> float:
 def plan_memory(config: GPTConfig, cluster: Cluster, work: Workload,
                 plan: Plan) -> dict[str, float]:
     """Bytes per GPU: ``weights``, ``grads``, ``optimizer`` (master + moments),
-    ``activations`` and ``total``. Parameters split evenly over ``tp x pp``; ZeRO divides
-    what it shards by ``dp``. Activations: ``min(p, m)`` micro-batches in flight on the
+    ``activations`` and ``total``. Parameters split evenly over ``tp x pp``; ZeRO
+    divides what it shards by ``dp``. Activations: ``min(p, m)`` micro-batches in flight
+    on the
     first stage (1F1B), divided by ``tp`` (assumes sequence parallelism)."""
     per = PRECISIONS[work.precision]
     n = n_parameters(config) / (plan.tp * plan.pp)
@@ -146,8 +149,8 @@ def plan_step_seconds(config: GPTConfig, cluster: Cluster, work: Workload,
     # ZeRO-1/2 replace the all-reduce by a reduce-scatter and an all-gather: the same
     # bytes; ZeRO-3 all-gathers the weights again in backward: 1.5 times (ZeRO paper).
     volume = 1.5 if plan.zero == 3 else 1.0
-    dp_comm = volume * allreduce_seconds(grad_bytes, plan.dp, _dp_bandwidth(cluster, plan),
-                                         cluster.latency)
+    dp_comm = volume * allreduce_seconds(grad_bytes, plan.dp,
+                                         _dp_bandwidth(cluster, plan), cluster.latency)
     act_bytes = work.micro_batch_size * work.seq_len * config.d_model * 2
     # Megatron: two all-reduces of the activations per layer forward, two backward.
     tp_comm = 4 * config.n_layer / plan.pp * m * allreduce_seconds(
@@ -162,7 +165,8 @@ def plan_step_seconds(config: GPTConfig, cluster: Cluster, work: Workload,
 
 def candidate_plans(config: GPTConfig, cluster: Cluster, work: Workload) -> list[Plan]:
     """Every ``dp x tp x pp = n_gpus`` with ``tp`` within a node and dividing the heads,
-    ``pp`` dividing the layers, the batch splitting evenly, and ZeRO 0-3 when ``dp > 1``."""
+    ``pp`` dividing the layers, the batch splitting evenly, and ZeRO 0-3 when
+    ``dp > 1``."""
     plans = []
     n = cluster.n_gpus
     for tp in range(1, min(n, cluster.gpus_per_node) + 1):

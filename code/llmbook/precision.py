@@ -1,14 +1,14 @@
-"""Mixed precision: float16's range problem, the loss scaler that fixes it, and why bfloat16
-needs none. Chapter 6.
+"""Mixed precision: float16's range problem, the loss scaler that fixes it, and why
+bfloat16 needs none. Chapter 6.
 
 float16 has 10 mantissa bits but 5 exponent bits: it is precise and overflows at 65504,
-and small gradients (below about 6e-8) round to zero. bfloat16 keeps float32's 8 exponent
-bits and has 7 mantissa bits: the range of float32, the precision of about two and a half
-decimal digits. Training in float16 therefore multiplies the loss by a large *scale* so
-that gradients stay representable, divides it out before the update, and, when a gradient
-overflows anyway, skips that step and halves the scale (Micikevicius et al., 2018).
-:class:`DynamicLossScaler` is that recipe from scratch; the tests check it against
-``torch.amp.GradScaler``.
+and small gradients (below about 6e-8) round to zero. bfloat16 keeps float32's 8
+exponent bits and has 7 mantissa bits: the range of float32, the precision of about two
+and a half decimal digits. Training in float16 therefore multiplies the loss by a large
+*scale* so that gradients stay representable, divides it out before the update, and,
+when a gradient overflows anyway, skips that step and halves the scale (Micikevicius et
+al., 2018). :class:`DynamicLossScaler` is that recipe from scratch; the tests check it
+against ``torch.amp.GradScaler``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ FP16_MAX = torch.finfo(torch.float16).max  # 65504
 
 
 def overflow_example(value: float = 70000.0) -> dict[str, float]:
-    """A number that float16 cannot hold but bfloat16 can: returns ``value`` as stored in
-    float16 (``inf``), bfloat16 (rounded, finite) and float32."""
+    """A number that float16 cannot hold but bfloat16 can: returns ``value`` as stored
+    in float16 (``inf``), bfloat16 (rounded, finite) and float32."""
     x = torch.tensor(value, dtype=torch.float32)
     return {"float32": x.item(), "float16": x.half().item(),
             "bfloat16": x.bfloat16().item()}
@@ -31,7 +31,8 @@ def overflow_example(value: float = 70000.0) -> dict[str, float]:
 
 def precision_example(step: float = 2.0**-8) -> dict[str, float]:
     """``1 + step`` stored in each dtype: with 7 mantissa bits bfloat16 cannot tell
-    ``1 + 2^-8`` from 1 (its spacing at 1 is ``2^-7``); float16 (spacing ``2^-10``) can."""
+    ``1 + 2^-8`` from 1 (its spacing at 1 is ``2^-7``); float16 (spacing ``2^-10``)
+    can."""
     x = torch.tensor(1.0 + step, dtype=torch.float32)
     return {"float32": x.item(), "float16": x.half().item(),
             "bfloat16": x.bfloat16().item()}
@@ -41,10 +42,13 @@ class DynamicLossScaler:
     """Loss scaling for float16 training, from scratch (the algorithm of
     ``torch.amp.GradScaler``). Chapter 6.
 
-    Use: ``scaler.scale(loss).backward()``, ``scaler.step(optimizer)``, ``scaler.update()``.
+    Use: ``scaler.scale(loss).backward()``, ``scaler.step(optimizer)``,
+    ``scaler.update()``.
 
-    - :meth:`scale` multiplies the loss by ``S``, so every gradient is ``S`` times larger;
-    - :meth:`unscale_` divides the gradients by ``S`` and notes whether any is inf or NaN;
+    - :meth:`scale` multiplies the loss by ``S``, so every gradient is ``S`` times
+      larger;
+    - :meth:`unscale_` divides the gradients by ``S`` and notes whether any is inf or
+      NaN;
     - :meth:`step` runs the optimizer only if all gradients are finite;
     - :meth:`update` halves ``S`` after an overflow (``backoff_factor``) and doubles it
       after ``growth_interval`` finite steps in a row (``growth_factor``), so the scale
@@ -55,7 +59,8 @@ class DynamicLossScaler:
                  backoff_factor: float = 0.5, growth_interval: int = 2000):
         if init_scale <= 0 or growth_factor <= 1 or not 0 < backoff_factor < 1:
             raise ValueError(
-                f"need init_scale > 0, growth_factor > 1 and 0 < backoff_factor < 1, got "
+                "need init_scale > 0, growth_factor > 1 and 0 < backoff_factor < 1, "
+                f"got "
                 f"{init_scale}, {growth_factor}, {backoff_factor}")
         if growth_interval < 1:
             raise ValueError(f"growth_interval must be a positive int, got "
@@ -112,8 +117,8 @@ class DynamicLossScaler:
 
 def scaled_step(loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer,
                 scaler) -> Tensor:
-    """One training step with loss scaling; ``scaler`` is a :class:`DynamicLossScaler` or
-    a ``torch.amp.GradScaler`` (same interface). Returns the unscaled loss."""
+    """One training step with loss scaling; ``scaler`` is a :class:`DynamicLossScaler`
+    or a ``torch.amp.GradScaler`` (same interface). Returns the unscaled loss."""
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn()
     scaler.scale(loss).backward()
