@@ -44,6 +44,8 @@ def test_bad_settings_are_clear_errors():
     config = GPTConfig.preset("book-cpu")
     with pytest.raises(ValueError, match="precision"):
         memory.model_state_bytes(config, "fp8")
+    with pytest.raises(ValueError, match="dtype"):
+        memory.activation_terms(config, 1, 8, dtype="fp8")
     with pytest.raises(ValueError, match="kernels"):
         memory.activation_terms(config, 1, 8, kernels="tpu")
     with pytest.raises(ValueError, match="checkpointing"):
@@ -77,18 +79,21 @@ def test_block_activations_predicted_equal_measured(name, overrides, batch, seq_
     assert measured == pytest.approx(predicted, rel=TOLERANCE)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "autocast-bfloat16"])
 @pytest.mark.parametrize("mode", memory.CHECKPOINTING)
 @pytest.mark.parametrize("name,overrides,batch,seq_len", CASES[:3])
-def test_model_activations_with_checkpointing(name, overrides, batch, seq_len, mode):
+def test_model_activations_with_checkpointing(name, overrides, batch, seq_len, mode,
+                                              dtype):
     config = GPTConfig.preset(name, **overrides)
     torch.manual_seed(0)
     model = GPT(config)
     if mode != "none":
         memory.apply_checkpointing(model, mode)
     idx = torch.randint(0, config.vocab_size, (batch, seq_len))
-    measured = memory.measure_activation_bytes(model, idx, idx)
+    with torch.autocast("cpu", torch.bfloat16, enabled=dtype != "float32"):
+        measured = memory.measure_activation_bytes(model, idx, idx)
     predicted = memory.predict_activation_bytes(config, batch, seq_len,
-                                                checkpointing=mode)["total"]
+                                                checkpointing=mode, dtype=dtype)["total"]
     assert measured == pytest.approx(predicted, rel=TOLERANCE)
 
 

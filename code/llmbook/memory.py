@@ -122,10 +122,21 @@ def memory_table(models: Iterable[str] = TABLE_MODELS,
 # 2. Activations, predicted: the tensors our block saves, one by one
 
 KERNELS = ("cpu", "cuda")
+# (bytes of the residual stream and the norms' internals, bytes of the matmul outputs):
+# autocast leaves float32 weights, so the stream stays float32 and only matmuls run bf16.
+DTYPES = {"float32": (4, 4), "bfloat16": (2, 2), "autocast-bfloat16": (4, 2)}
+
+
+def _dtype_bytes(dtype: str) -> tuple[int, int]:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
 
 
 def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
-                     bytes_per_value: int = 4, kernels: str = "cpu",
+                     dtype: str = "float32", kernels: str = "cpu",
                      training: bool = True) -> dict[str, int]:
     """Bytes saved for backward by one :class:`~llmbook.model.Block`, as named tensors.
 
@@ -144,15 +155,18 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
     - the MLP keeps its hidden activations (gated: [gate|up], act(gate), their product);
     - residual dropout keeps a mask (a float tensor on the CPU, bytes on CUDA).
 
-    ``bytes_per_value``: 4 for float32, 2 under bf16 (checked on the CPU in float32
-    only); ``kernels="cuda"`` is derived from the kernels' signatures, not measured.
+    ``dtype``: ``"float32"``; ``"autocast-bfloat16"`` (matmul outputs in bf16, the
+    residual stream and norms in float32, and bf16 copies of the weight matrices that
+    autocast saves for backward); ``"bfloat16"`` (a model cast to bf16; not measured).
+    ``kernels="cuda"`` is derived from the kernels' signatures, not measured.
     """
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}; choose one of {KERNELS}")
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, "
                          f"{seq_len}")
-    n, e, C, F = batch_size * seq_len, bytes_per_value, config.d_model, config.d_ff
+    s, e = _dtype_bytes(dtype)  # stream bytes, matmul-output bytes
+    n, C, F = batch_size * seq_len, config.d_model, config.d_ff
     H, kv, T = config.n_head, config.kv_heads * config.head_dim, seq_len
     dropout = config.dropout if training else 0.0
     rope = config.pos_encoding == "rope"
@@ -161,32 +175,34 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
     one_kernel = config.fused and (kernels == "cuda" or not rms)  # else a chain of ops
     stats = 8 if one_kernel and not rms else 4  # rstd (and mean), float32 per token
     for i in (1, 2):
-        terms[f"norm{i} input"] = n * C * e
+        terms[f"norm{i} input"] = n * C * s
         terms[f"norm{i} statistics"] = n * stats
         if not one_kernel:
-            terms[f"norm{i} x_hat"] = n * C * e
+            terms[f"norm{i} x_hat"] = n * C * s
             if not rms:
-                terms[f"norm{i} x - mean"] = n * C * e
+                terms[f"norm{i} x - mean"] = n * C * s
         terms[f"norm{i} output (linear input)"] = n * C * e
     plain = not config.fused or (dropout > 0 and kernels == "cpu")
     if plain:  # scores materialised: bmm saves q, k and v, folded to (B H, T, hd)
         # (1, H, T, hd) views of the qkv output fold without a copy; larger batches
         # copy. Our path repeats k and v to every head (GQA); torch's math path
         # scales q and k.
+        # On the CPU torch's math path computes bf16 attention in float32 (a copy).
+        a = 4 if config.fused and kernels == "cpu" else e
         kv_used = kv if config.fused else C
-        v_view = batch_size == 1 and (config.fused or kv == C)
+        v_view = batch_size == 1 and (config.fused or kv == C) and a == e
         if v_view:
             terms["fused qkv output (views)"] = n * (C + 2 * kv) * e
         else:
-            terms["attention v copy"] = n * kv_used * e
+            terms["attention v copy"] = n * kv_used * a
         if not (v_view and not rope and not config.fused):
-            terms["attention q, k"] = n * (C + kv_used) * e
-        terms["attention probabilities"] = n * H * T * e
+            terms["attention q, k"] = n * (C + kv_used) * a
+        terms["attention probabilities"] = n * H * T * a
         if not config.fused:  # our softmax: exp in float32 and row sums
             terms["attention exp, row sums"] = n * H * (T * 4 + 2 * 4)
             terms["attention causal mask"] = T * T
         if dropout > 0:
-            terms["attention dropout mask, dropped"] = 2 * n * H * T * e
+            terms["attention dropout mask, dropped"] = 2 * n * H * T * a
         terms["attention output (proj input)"] = n * C * e
     else:
         qkv = C + 2 * kv
@@ -205,13 +221,17 @@ def activation_terms(config: GPTConfig, batch_size: int, seq_len: int, *,
         terms["mlp fc output"] = n * F * e
         terms["mlp act output (proj input)"] = n * F * e
     if dropout > 0:
-        mask = e if kernels == "cpu" else 1
+        mask = e if kernels == "cpu" else 1  # the branch output's dtype
         terms["residual dropout masks"] = 2 * n * C * mask
+    if dtype.startswith("autocast"):  # bf16 copies of the weights, saved for backward
+        n_in = 2 * F if config.gated else F
+        terms["attention weight copies (autocast)"] = 2 * (C * (C + 2 * kv) + C * C)
+        terms["mlp weight copies (autocast)"] = 2 * (C * n_in + F * C)
     return terms
 
 
 def predict_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int, *,
-                             checkpointing: str = "none", bytes_per_value: int = 4,
+                             checkpointing: str = "none", dtype: str = "float32",
                              kernels: str = "cpu") -> dict[str, int]:
     """Bytes autograd keeps for one training forward of ``GPT(config)``, by part.
 
@@ -223,19 +243,23 @@ def predict_activation_bytes(config: GPTConfig, batch_size: int, seq_len: int, *
     if checkpointing not in CHECKPOINTING:
         raise ValueError(f"unknown checkpointing {checkpointing!r}; choose one of "
                          f"{CHECKPOINTING}")
-    n, e, C = batch_size * seq_len, bytes_per_value, config.d_model
-    terms = activation_terms(config, batch_size, seq_len, bytes_per_value=e,
+    s, e = _dtype_bytes(dtype)
+    n, C = batch_size * seq_len, config.d_model
+    terms = activation_terms(config, batch_size, seq_len, dtype=dtype,
                              kernels=kernels)
     if checkpointing == "block":
-        per_layer = n * C * e
-    elif checkpointing == "attention":
+        per_layer = n * C * s
+    elif checkpointing == "attention":  # its input is the norm's output, before a cast
         per_layer = sum(v for k, v in terms.items() if not k.startswith(_ATTENTION))
+        per_layer += n * C * (s - e)
     else:
         per_layer = sum(terms.values())
     ids = n * 8  # int64 token ids, kept by the embedding
-    embedding = ids + (n * C * (e if kernels == "cpu" else 1) if config.dropout else 0)
+    embedding = ids + (n * C * (s if kernels == "cpu" else 1) if config.dropout else 0)
     final = {k: v for k, v in terms.items() if k.startswith("norm1")}
     head = sum(final.values()) + n * config.vocab_size * 4 + n * 8  # log-probs, targets
+    if dtype.startswith("autocast"):
+        head += 2 * config.vocab_size * C  # the output head's bf16 copy
     layers = config.n_layer * per_layer
     return {"per_layer": per_layer, "layers": layers, "embedding": embedding,
             "head": head, "total": layers + embedding + head}

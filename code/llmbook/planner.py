@@ -115,10 +115,11 @@ def plan_memory(config: GPTConfig, cluster: Cluster, work: Workload,
         grads /= d
     if plan.zero >= 3:
         weights /= d
-    bytes_per_value = 2 if per.weights == 2 or work.precision == "autocast" else 4
+    dtype = {"fp32": "float32", "autocast": "autocast-bfloat16"}.get(work.precision,
+                                                                   "bfloat16")
     act = predict_activation_bytes(config, work.micro_batch_size, work.seq_len,
                                    checkpointing=work.checkpointing,
-                                   bytes_per_value=bytes_per_value, kernels="cuda")
+                                   dtype=dtype, kernels="cuda")
     in_flight = min(plan.pp, plan.micro_batches(work))
     layers = act["per_layer"] * config.n_layer / plan.pp * in_flight
     activations = (layers + act["embedding"] + act["head"]) / plan.tp
