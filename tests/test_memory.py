@@ -92,8 +92,8 @@ def test_model_activations_with_checkpointing(name, overrides, batch, seq_len, m
     idx = torch.randint(0, config.vocab_size, (batch, seq_len))
     with torch.autocast("cpu", torch.bfloat16, enabled=dtype != "float32"):
         measured = memory.measure_activation_bytes(model, idx, idx)
-    predicted = memory.predict_activation_bytes(config, batch, seq_len,
-                                                checkpointing=mode, dtype=dtype)["total"]
+    predicted = memory.predict_activation_bytes(
+        config, batch, seq_len, checkpointing=mode, dtype=dtype)["total"]
     assert measured == pytest.approx(predicted, rel=TOLERANCE)
 
 

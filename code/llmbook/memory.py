@@ -123,7 +123,7 @@ def memory_table(models: Iterable[str] = TABLE_MODELS,
 
 KERNELS = ("cpu", "cuda")
 # (bytes of the residual stream and the norms' internals, bytes of the matmul outputs):
-# autocast leaves float32 weights, so the stream stays float32 and only matmuls run bf16.
+# autocast leaves float32 weights, so the stream stays float32; only matmuls run bf16.
 DTYPES = {"float32": (4, 4), "bfloat16": (2, 2), "autocast-bfloat16": (4, 2)}
 
 
