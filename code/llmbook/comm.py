@@ -115,10 +115,10 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
 
 def measure_allreduce(sizes: Sequence[int], *, world_size: int = 2,
                       repeats: int = 5) -> list[float]:
-    """Fastest of ``repeats`` timings of a gloo all-reduce of each size in bytes, between
-    ``world_size`` local processes (spawned, one thread each). The minimum, not the
-    median: on a shared machine other processes only ever add time. Measured on the
-    book's 2-core machine, sizes 1 KB to 4 MB: alpha about 0.2 ms, beta about
+    """Fastest of ``repeats`` timings of a gloo all-reduce of each size in bytes,
+    between ``world_size`` local processes (spawned, one thread each). The minimum,
+    not the median: on a shared machine other processes only ever add time. Measured
+    on the book's 2-core machine, sizes 1 KB to 4 MB: alpha about 0.2 ms, beta about
     0.75 GB/s, and the fitted model within 15% of every size."""
     if any(s < 4 for s in sizes):
         raise ValueError(f"sizes are bytes of float32 data, at least 4; got "
