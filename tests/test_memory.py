@@ -139,6 +139,15 @@ def test_checkpointing_leaves_loss_and_gradients_unchanged(mode):
         torch.testing.assert_close(ga, gb, rtol=0, atol=1e-6)
 
 
+def test_remove_checkpointing_restores_the_parameter_names():
+    model = GPT(GPTConfig.preset("book-cpu"))
+    names = list(model.state_dict())
+    for mode in ("block", "attention"):
+        memory.apply_checkpointing(model, mode)
+        assert list(model.state_dict()) != names
+        assert list(memory.remove_checkpointing(model).state_dict()) == names
+
+
 def test_measuring_does_not_change_the_gradients():
     config = GPTConfig.preset("book-cpu")
     torch.manual_seed(0)

@@ -383,7 +383,9 @@ class Checkpointed(nn.Module):
 def apply_checkpointing(model: GPT, mode: str = "block") -> GPT:
     """Wrap every block (``"block"``) or every block's attention sublayer
     (``"attention"``, selective) in :class:`Checkpointed`, in place; returns ``model``.
-    The parameters do not move, so an optimizer built before still holds them."""
+    The parameters do not move, so an optimizer built before still holds them; their
+    names gain a ``.module`` (:func:`remove_checkpointing` undoes the wrapping, for a
+    checkpoint file that a plain model can load)."""
     if mode not in CHECKPOINTING:
         raise ValueError(f"unknown checkpointing mode {mode!r}; choose one of "
                          f"{CHECKPOINTING}")
@@ -392,6 +394,16 @@ def apply_checkpointing(model: GPT, mode: str = "block") -> GPT:
             model.blocks[i] = Checkpointed(block)
         elif mode == "attention" and not isinstance(block.attn, Checkpointed):
             block.attn = Checkpointed(block.attn)
+    return model
+
+
+def remove_checkpointing(model: GPT) -> GPT:
+    """Undo :func:`apply_checkpointing`, in place; returns ``model``."""
+    for i, block in enumerate(model.blocks):
+        if isinstance(block, Checkpointed):
+            model.blocks[i] = block = block.module
+        if isinstance(block.attn, Checkpointed):
+            block.attn = block.attn.module
     return model
 
 
