@@ -35,24 +35,6 @@ def test_token_logprobs_and_entropy_match_torch():
         L.token_log_probs(logits, targets[:, :4])
 
 
-def test_masked_mean_and_sum_by_hand():
-    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
-    assert L.masked_mean(values, mask).item() == 1.5
-    assert L.masked_mean(values, mask, dim=-1).tolist() == [
-        1.5,
-        0.0,
-    ]  # empty row: 0, no NaN
-    assert L.masked_sum(values, mask, normaliser=4.0).item() == 0.75
-    assert L.masked_sum(values, mask, dim=-1).tolist() == [3.0, 0.0]
-    empty = L.masked_mean(values, torch.zeros_like(mask))
-    assert empty.item() == 0.0 and not torch.isnan(empty)
-    with pytest.raises(ValueError, match="shapes must match"):
-        L.masked_mean(values, mask[:, :2])
-    with pytest.raises(ValueError):
-        L.masked_sum(values, mask, normaliser=0.0)
-
-
 def test_sequence_logprobs_sum_or_average():
     logprobs = torch.tensor([[-1.0, -2.0, -9.0]])
     mask = torch.tensor([[1, 1, 0]])

@@ -5,7 +5,8 @@ import pytest
 
 from llmbook.comm import allreduce_seconds
 from llmbook.memory import n_parameters
-from llmbook.model import GPTConfig, flops_per_token
+from llmbook.costs import flops_per_token
+from llmbook.model import GPTConfig
 from llmbook.planner import (Cluster, Plan, Workload, candidate_plans, pipeline_bubble,
                              plan_memory, plan_step_seconds, rank_plans)
 

@@ -1,12 +1,15 @@
-"""Artifacts that one chapter builds and later chapters reuse, cached on disk and keyed by what made them.
+"""Artifacts that one chapter builds and later chapters reuse, cached on disk and keyed by
+what made them.
 
-An artifact (the cleaned corpus, a trained tokenizer, a pretrained checkpoint) is a directory under
-:func:`llmbook.paths.cache_dir`. Its key hashes the artifact's kind, its config (a dataclass) and the source of
-the code that builds it: the module that defines the build function and every llmbook module it imports,
-transitively, found by reading their import statements (:func:`code_modules`). Changing the config or any of
-that code builds a fresh artifact, so nothing goes stale; editing a module the builder never imports (a
-chapter's plotting helper, the command line) rebuilds nothing. Building happens in a temporary directory that is renamed into place only when complete, so an
-interrupted build never leaves a half-written artifact behind.
+An artifact (the cleaned corpus, a trained tokenizer, a pretrained checkpoint) is a
+directory under :func:`llmbook.paths.cache_dir`. Its key hashes the artifact's kind, its
+config (a dataclass) and the source of the code that builds it: the module that defines the
+build function and every llmbook module it imports, transitively, found by reading their
+import statements (:func:`code_modules`). Changing the config or any of that code builds a
+fresh artifact, so nothing goes stale; editing a module the builder never imports (a
+chapter's plotting helper, the command line) rebuilds nothing. Building happens in a
+temporary directory that is renamed into place only when complete, so an interrupted build
+never leaves a half-written artifact behind.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ from llmbook.paths import cache_dir
 
 
 def config_dict(config: Any) -> dict:
-    """A JSON-ready dict of a dataclass config (nested dataclasses, tuples and paths included)."""
+    """A JSON-ready dict of a dataclass config (nested dataclasses, tuples and paths
+    included)."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"expected a dataclass config, got {type(config).__name__}")
     return json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str))
 
 
 def artifact_key(kind: str, config: Any, modules: Iterable[ModuleType] = ()) -> str:
-    """A short hash of (kind, config, source of ``modules``): the name of the artifact's directory."""
+    """A short hash of (kind, config, source of ``modules``): the name of the artifact's
+    directory."""
     digest = hashlib.sha256()
     digest.update(kind.encode())
     digest.update(json.dumps(config_dict(config), sort_keys=True).encode())
@@ -50,10 +55,11 @@ def code_modules(root: str) -> list[ModuleType]:
     """Module ``root`` and every ``llmbook`` module it imports, transitively, in name order.
 
     Imports are read from the source (``import llmbook.x``, ``from llmbook import x``,
-    ``from llmbook.x import y``, at any depth of the code, relative ones included), so the list
-    follows the code without anyone maintaining it. A package's ``__init__`` is included only
-    when imported by name: ours only re-export, and importing ``llmbook.train.loop`` does not
-    make the rest of ``llmbook.train`` part of what builds an artifact.
+    ``from llmbook.x import y``, at any depth of the code, relative ones included), so the
+    list follows the code without anyone maintaining it. A package's ``__init__`` is
+    included only when imported by name: ours only re-export, and importing
+    ``llmbook.train.loop`` does not make the rest of ``llmbook.train`` part of what builds
+    an artifact.
     """
     seen: dict[str, ModuleType] = {}
     todo = [root]
@@ -96,8 +102,8 @@ def read_artifact(path: Path | str) -> dict:
     config as the JSON-ready dict of :func:`config_dict`."""
     meta_path = Path(path) / "config.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not an artifact directory (no config.json); build "
-                                "it with llmbook.artifacts.cached_artifact")
+        raise FileNotFoundError(f"{path} is not an artifact directory (no config.json); "
+                                "build it with llmbook.artifacts.cached_artifact")
     return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
@@ -123,7 +129,8 @@ def cached_artifact(kind: str, config: Any, build: Callable[[Path], None]) -> Pa
         try:
             tmp.rename(final)
         except OSError:
-            if not (final / "config.json").is_file():  # not a concurrent build that won the race
+            # not a concurrent build that won the race
+            if not (final / "config.json").is_file():
                 raise
     finally:
         if tmp.exists():
@@ -132,7 +139,8 @@ def cached_artifact(kind: str, config: Any, build: Callable[[Path], None]) -> Pa
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a
+    rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

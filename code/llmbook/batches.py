@@ -46,7 +46,8 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
-def byte_token_file(split: str, config: data.CorpusConfig = data.CorpusConfig()) -> TokenFile:
+def byte_token_file(split: str,
+                    config: data.CorpusConfig = data.CorpusConfig()) -> TokenFile:
     """The split encoded as bytes (vocabulary 256), cached next to the corpus."""
     if split not in data.SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {data.SPLITS}")
@@ -61,8 +62,10 @@ def byte_token_file(split: str, config: data.CorpusConfig = data.CorpusConfig())
 def gather_windows(ids: np.ndarray, starts: np.ndarray | Sequence[int],
                    block_size: int) -> tuple[Tensor, Tensor]:
     """Inputs and targets of the windows starting at ``starts``, ``x = ids[s : s + T]`` and
-    ``y = ids[s + 1 : s + T + 1]``, read from the (memory-mapped) array in one indexing step."""
-    rows = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(block_size + 1)  # (B, T+1)
+    ``y = ids[s + 1 : s + T + 1]``, read from the (memory-mapped) array in one indexing
+    step."""
+    rows = (np.asarray(starts, dtype=np.int64)[:, None]
+            + np.arange(block_size + 1))  # (B, T+1)
     chunk = torch.from_numpy(np.asarray(ids)[rows].astype(np.int64))
     return chunk[:, :-1], chunk[:, 1:]  # (B, T), (B, T)
 
@@ -89,9 +92,9 @@ class TokenWindows(Dataset):
     """Training examples cut from a token stream: window i is ``x = ids[s : s+T]``,
     ``y = ids[s+1 : s+T+1]``, with ``s = i * stride``.
 
-    The default stride ``T`` makes windows that do not overlap, so in one pass over them every
-    token is a target exactly once (except the very first token of the stream, which is never
-    predicted).
+    The default stride ``T`` makes windows that do not overlap, so in one pass over them
+    every token is a target exactly once (except the very first token of the stream, which
+    is never predicted).
     """
 
     def __init__(self, tokens: TokenFile | np.ndarray, block_size: int,
@@ -135,7 +138,8 @@ class WindowBatchSampler(Sampler[list[int]]):
                  world_size: int = 1):
         if batch_size < 1 or num_windows < batch_size * world_size:
             raise ValueError(f"need at least batch_size * world_size = "
-                             f"{batch_size * world_size} windows per epoch, have {num_windows}")
+                             f"{batch_size * world_size} windows per epoch, "
+                             f"have {num_windows}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
@@ -158,7 +162,8 @@ class WindowBatchSampler(Sampler[list[int]]):
                 yield perm[start : start + self.batch_size].tolist()
 
     def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "num_windows": self.num_windows}
+        return {"position": self.position, "seed": self.seed,
+                "num_windows": self.num_windows}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.seed or state.get("num_windows") != self.num_windows:
@@ -209,7 +214,8 @@ def eval_windows(n_tokens: int, block_size: int) -> tuple[np.ndarray, np.ndarray
     stream ends, and it skips the targets its neighbour already scored.
     """
     if n_tokens < block_size + 1:
-        raise ValueError(f"{n_tokens} tokens are too few for one window of {block_size} + 1")
+        raise ValueError(f"{n_tokens} tokens are too few for one window of "
+                         f"{block_size} + 1")
     n_windows = math.ceil((n_tokens - 1) / block_size)
     nominal = np.arange(n_windows, dtype=np.int64) * block_size
     starts = np.minimum(nominal, n_tokens - 1 - block_size)

@@ -20,7 +20,8 @@ def count_parameters(config: GPTConfig) -> dict[str, int]:
     """
     C, L, V = config.d_model, config.n_layer, config.vocab_size
     b = 1 if config.bias else 0
-    qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim  # q, k, v side by side
+    # q, k, v side by side
+    qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
     attention = (C * qkv_out + b * qkv_out) + (C * C + b * C)  # qkv, then output projection
     n_in = 2 * config.d_ff if config.gated else config.d_ff
     mlp = (C * n_in + b * n_in) + (config.d_ff * C + b * C)
@@ -28,7 +29,8 @@ def count_parameters(config: GPTConfig) -> dict[str, int]:
     n_norms = 2 * L + (1 if config.norm_position == "pre" else 0)
     return {
         "token_embedding": V * C,
-        "position_embedding": config.block_size * C if config.pos_encoding == "learned" else 0,
+        "position_embedding": (config.block_size * C
+                               if config.pos_encoding == "learned" else 0),
         "attention": L * attention,
         "mlp": L * mlp,
         "norms": n_norms * norm,
@@ -37,8 +39,9 @@ def count_parameters(config: GPTConfig) -> dict[str, int]:
 
 
 def matmul_parameters(config: GPTConfig) -> int:
-    """The weights that every token meets in a matrix multiply: the attention and MLP matrices
-    and the output head, tied or not. Lookups, biases and norm gains cost no multiplies."""
+    """The weights that every token meets in a matrix multiply: the attention and MLP
+    matrices and the output head, tied or not. Lookups, biases and norm gains cost no
+    multiplies."""
     C = config.d_model
     qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
     n_in = 2 * config.d_ff if config.gated else config.d_ff
@@ -52,8 +55,9 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None, *,
     Chowdhery et al., 2022, appendix B).
 
     A token's forward pass meets every weight matrix once, ``2 N`` with ``N`` the
-    :func:`matmul_parameters`, and in each layer scores its query against ``T`` keys and mixes
-    ``T`` values, ``2 * 2 T C``. The backward pass costs twice the forward, so training costs
+    :func:`matmul_parameters`, and in each layer scores its query against ``T`` keys and
+    mixes ``T`` values, ``2 * 2 T C``. The backward pass costs twice the forward, so
+    training costs
 
         6 N + 12 L T C
 
@@ -75,8 +79,9 @@ def kv_cache_bytes(*, n_layers: int, n_kv_heads: int, head_dim: int, seq_len: in
     sizes = (n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_value)
     if min(sizes) < 1:
         raise ValueError(f"KV-cache sizes must be positive, got n_layers={n_layers}, "
-                         f"n_kv_heads={n_kv_heads}, head_dim={head_dim}, seq_len={seq_len}, "
-                         f"batch_size={batch_size}, bytes_per_value={bytes_per_value}")
+                         f"n_kv_heads={n_kv_heads}, head_dim={head_dim}, "
+                         f"seq_len={seq_len}, batch_size={batch_size}, "
+                         f"bytes_per_value={bytes_per_value}")
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_value
 
 

@@ -1,9 +1,11 @@
-"""Deduplication: exact (hash of a normalised paragraph) and near (MinHash signatures + LSH banding).
+"""Deduplication: exact (hash of a normalised paragraph) and near (MinHash signatures + LSH
+banding).
 
-Chapter 1 explains both. Exact dedup catches copies that differ only in case, spacing or punctuation. Near dedup
-catches passages that share most of their word n-grams: the Jaccard similarity of two shingle sets
-:math:`J(A, B) = |A \\cap B| / |A \\cup B|` is estimated by the fraction of agreeing MinHash values, and LSH bands
-the signatures so that only pairs likely to exceed a threshold are ever compared.
+Chapter 1 explains both. Exact dedup catches copies that differ only in case, spacing or
+punctuation. Near dedup catches passages that share most of their word n-grams: the Jaccard
+similarity of two shingle sets :math:`J(A, B) = |A \\cap B| / |A \\cup B|` is estimated by
+the fraction of agreeing MinHash values, and LSH bands the signatures so that only pairs
+likely to exceed a threshold are ever compared.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ _SPACES = re.compile(r"\s+")
 
 
 def normalize_for_dedup(text: str) -> str:
-    """Casefold, drop punctuation, collapse whitespace: two paragraphs equal under this are exact duplicates."""
+    """Casefold, drop punctuation, collapse whitespace: two paragraphs equal under this are
+    exact duplicates."""
     return _SPACES.sub(" ", _NON_WORD.sub(" ", text.casefold())).strip()
 
 
 def exact_duplicates(paragraphs: Sequence[str], min_chars: int = 0) -> list[int]:
-    """Indices of paragraphs whose normalised form appeared earlier in the sequence (the first copy is kept).
+    """Indices of paragraphs whose normalised form appeared earlier in the sequence (the
+    first copy is kept).
 
-    Paragraphs shorter than ``min_chars`` after normalisation are never flagged: short lines ("My lord?") recur
-    naturally in dialogue and are not boilerplate.
+    Paragraphs shorter than ``min_chars`` after normalisation are never flagged: short lines
+    ("My lord?") recur naturally in dialogue and are not boilerplate.
     """
     seen: set[bytes] = set()
     duplicates = []
@@ -50,7 +54,8 @@ def exact_duplicates(paragraphs: Sequence[str], min_chars: int = 0) -> list[int]
 
 
 def shingles(text: str, n: int = 5) -> set[str]:
-    """The set of word n-grams of the normalised text (the whole text if it has fewer than n words)."""
+    """The set of word n-grams of the normalised text (the whole text if it has fewer than n
+    words)."""
     words = normalize_for_dedup(text).split()
     if len(words) < n:
         return {" ".join(words)} if words else set()
@@ -70,10 +75,12 @@ def _hash32(token: str) -> int:
 
 @dataclass(frozen=True)
 class MinHasher:
-    """``num_perm`` random hash functions h(x) = (a x + b) mod p, applied to a 32-bit hash of each shingle.
+    """``num_perm`` random hash functions h(x) = (a x + b) mod p, applied to a 32-bit hash
+    of each shingle.
 
-    The probability that two sets have the same minimum under one such function is their Jaccard similarity,
-    so the fraction of equal signature entries is an unbiased estimate of it.
+    The probability that two sets have the same minimum under one such function is their
+    Jaccard similarity, so the fraction of equal signature entries is an unbiased estimate
+    of it.
     """
 
     num_perm: int = 128
@@ -85,7 +92,8 @@ class MinHasher:
 
     @cached_property
     def _params(self) -> tuple[np.ndarray, np.ndarray]:
-        # a < 2^31 and x < 2^32 keep a*x + b below 2^64: exact uint64 arithmetic, no silent wrap-around.
+        # a < 2^31 and x < 2^32 keep a*x + b below 2^64: exact uint64 arithmetic, no silent
+        # wrap-around.
         rng = np.random.RandomState(self.seed)
         a = rng.randint(1, 1 << 31, size=self.num_perm, dtype=np.uint64)
         b = rng.randint(0, 1 << 32, size=self.num_perm, dtype=np.uint64)
@@ -97,31 +105,37 @@ class MinHasher:
         if hashes.size == 0:
             return np.full(self.num_perm, _MAX_HASH, dtype=np.uint64)
         a, b = self._params
-        permuted = ((hashes[:, None] * a[None, :] + b[None, :]) % np.uint64(_MERSENNE_PRIME)) & np.uint64(_MAX_HASH)
+        permuted = ((hashes[:, None] * a[None, :] + b[None, :])
+                    % np.uint64(_MERSENNE_PRIME)) & np.uint64(_MAX_HASH)
         return permuted.min(axis=0)
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     if sig_a.shape != sig_b.shape:
-        raise ValueError(f"signatures differ in length: {sig_a.shape} vs {sig_b.shape}; use one MinHasher for both")
+        raise ValueError(f"signatures differ in length: {sig_a.shape} vs {sig_b.shape}; "
+                         "use one MinHasher for both")
     return float(np.mean(sig_a == sig_b))
 
 
 def lsh_threshold(bands: int, rows: int) -> float:
-    """The similarity at which a pair becomes a candidate with probability about 1/2: (1/b)^(1/r)."""
+    """The similarity at which a pair becomes a candidate with probability about 1/2:
+    (1/b)^(1/r)."""
     return (1.0 / bands) ** (1.0 / rows)
 
 
-def lsh_candidate_pairs(signatures: Sequence[np.ndarray], bands: int, rows: int) -> set[tuple[int, int]]:
+def lsh_candidate_pairs(signatures: Sequence[np.ndarray], bands: int,
+                        rows: int) -> set[tuple[int, int]]:
     """Pairs (i < j) whose signatures agree on every row of at least one band.
 
-    A pair with Jaccard similarity s shares a band with probability 1 - (1 - s^r)^b: an S-curve that is steep
-    around :func:`lsh_threshold`, so similar pairs are found without comparing all n^2 pairs.
+    A pair with Jaccard similarity s shares a band with probability 1 - (1 - s^r)^b: an
+    S-curve that is steep around :func:`lsh_threshold`, so similar pairs are found without
+    comparing all n^2 pairs.
     """
     if not signatures:
         return set()
     if bands * rows != len(signatures[0]):
-        raise ValueError(f"bands * rows must equal the signature length: {bands} * {rows} != {len(signatures[0])}")
+        raise ValueError(f"bands * rows must equal the signature length: {bands} * {rows} "
+                         f"!= {len(signatures[0])}")
     pairs: set[tuple[int, int]] = set()
     for band in range(bands):
         buckets: dict[bytes, list[int]] = defaultdict(list)
@@ -138,7 +152,8 @@ def lsh_candidate_pairs(signatures: Sequence[np.ndarray], bands: int, rows: int)
 class NearDuplicateReport:
     duplicates: list[int]  # indices removed (each is similar to an earlier kept one)
     candidate_pairs: int  # pairs proposed by LSH
-    confirmed_pairs: list[tuple[int, int, float]]  # (kept, removed, exact Jaccard) verified above threshold
+    # (kept, removed, exact Jaccard) verified above threshold
+    confirmed_pairs: list[tuple[int, int, float]]
 
 
 def near_duplicates(
@@ -150,10 +165,12 @@ def near_duplicates(
     bands: int = 16,
     seed: int = 1,
 ) -> NearDuplicateReport:
-    """Find texts that are near-duplicates of an earlier text (MinHash + LSH, then exact verification).
+    """Find texts that are near-duplicates of an earlier text (MinHash + LSH, then exact
+    verification).
 
-    LSH proposes candidates; each is checked with the exact Jaccard similarity of the shingle sets, so the result
-    has no false positives; false negatives are pairs LSH never proposed, rare above the S-curve's knee.
+    LSH proposes candidates; each is checked with the exact Jaccard similarity of the
+    shingle sets, so the result has no false positives; false negatives are pairs LSH never
+    proposed, rare above the S-curve's knee.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")

@@ -34,8 +34,8 @@ def filter_top_k(logits: Tensor, k: int) -> Tensor:
 
 def filter_top_p(logits: Tensor, p: float) -> Tensor:
     """Nucleus filtering (Holtzman et al., 2020): keep the most likely tokens whose
-    probabilities first add up to at least ``p``, set the rest to -inf. The most likely token
-    always survives."""
+    probabilities first add up to at least ``p``, set the rest to -inf. The most likely
+    token always survives."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above
@@ -52,7 +52,8 @@ def sample_next_token(logits: Tensor, *, temperature: float = 1.0, top_k: int | 
     the top-``p`` nucleus."""
     _check_sampling(temperature, top_k, top_p)
     if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
+        raise ValueError(f"logits must have shape (batch, vocab), "
+                         f"got {tuple(logits.shape)}")
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
     logits = logits.float() / temperature
@@ -73,22 +74,23 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, *, temperature: float
     ``(B, T0 + n)``.
 
     A row that produces one of ``stop_tokens`` is finished: its later positions repeat that
-    stop token, and generation ends early once every row is finished. ``generator``, a seeded
-    ``torch.Generator`` on the model's device, makes sampling repeatable; without one the
-    global random state is used.
+    stop token, and generation ends early once every row is finished. ``generator``, a
+    seeded ``torch.Generator`` on the model's device, makes sampling repeatable; without one
+    the global random state is used.
 
     With ``use_cache`` the prompt is read once (the prefill), filling one
     :class:`~llmbook.attention.KVCache` per block, and each later step feeds the model only
-    the newest token. The context holds at most ``block_size`` tokens: without the cache each
-    step reads the last ``block_size``; with it, a full cache is refilled from the last
-    ``block_size // 2`` tokens, which pays for the refill over the next half-context of steps.
-    The two agree exactly while the sequence fits in the context. The model runs in eval mode;
-    its training mode is restored afterwards.
+    the newest token. The context holds at most ``block_size`` tokens: without the cache
+    each step reads the last ``block_size``; with it, a full cache is refilled from the last
+    ``block_size // 2`` tokens, which pays for the refill over the next half-context of
+    steps. The two agree exactly while the sequence fits in the context. The model runs in
+    eval mode; its training mode is restored afterwards.
     """
     _check_sampling(temperature, top_k, top_p)
     if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
             or max_new_tokens < 0):
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        raise ValueError(f"max_new_tokens must be a non-negative int, "
+                         f"got {max_new_tokens!r}")
     if idx.dim() != 2 or idx.shape[1] < 1:
         raise ValueError(
             "idx must have shape (batch, time) with at least one token, "
@@ -109,7 +111,8 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, *, temperature: float
             if caches is None:
                 hidden = model.hidden_states(out[:, -block_size:])  # (B, T, C)
             else:
-                if caches[0].length + pending.shape[1] > block_size:  # full: slide the window
+                # full: slide the window
+                if caches[0].length + pending.shape[1] > block_size:
                     for cache in caches:
                         cache.reset()
                     pending = out[:, -max(1, block_size // 2):]
@@ -117,7 +120,8 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, *, temperature: float
             logits = model.lm_head(hidden[:, -1])  # (B, V): only the last position matters
             next_id = sample_next_token(logits, temperature=temperature, top_k=top_k,
                                         top_p=top_p, generator=generator)  # (B,)
-            next_id = torch.where(finished, out[:, -1], next_id)  # finished rows repeat stop
+            # finished rows repeat stop
+            next_id = torch.where(finished, out[:, -1], next_id)
             out = torch.cat([out, next_id[:, None]], dim=1)
             pending = next_id[:, None]
             if stop.numel():

@@ -3,8 +3,8 @@
 Chapter 4 builds a GPT from these parts; :mod:`llmbook.attention` (Chapter 3) supplies the
 attention layer and :mod:`llmbook.model` assembles everything. Each part is written from its
 defining equation, and the tests check it against the PyTorch module that does the same job
-(``torch.nn.LayerNorm``, ``torch.nn.RMSNorm``) or against an independent formulation (RoPE as
-complex multiplication).
+(``torch.nn.LayerNorm``, ``torch.nn.RMSNorm``) or against an independent formulation (RoPE
+as complex multiplication).
 
 Shapes: ``B`` batch, ``T`` sequence length, ``C`` model width (``d_model``), ``H`` heads,
 ``D`` head width.
@@ -24,8 +24,8 @@ from torch import Tensor
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
     """Layer normalisation (Ba et al., 2016) written out, as in GPT-2. Chapter 4 explains.
 
-    Each position's vector is shifted to zero mean and scaled to unit variance over its ``C``
-    features, then given a learned per-feature gain and (optionally) bias:
+    Each position's vector is shifted to zero mean and scaled to unit variance over its
+    ``C`` features, then given a learned per-feature gain and (optionally) bias:
 
         y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
 
@@ -44,8 +44,8 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Te
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """Root-mean-square normalisation (Zhang and Sennrich, 2019) written out, as in Llama.
 
-    LayerNorm without the mean (Chapter 4): the vector is divided by its root mean square and
-    given a learned gain,
+    LayerNorm without the mean (Chapter 4): the vector is divided by its root mean square
+    and given a learned gain,
 
         y = x / sqrt(mean(x^2) + eps) * weight
 
@@ -60,13 +60,15 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 class LayerNorm(nn.Module):
     """LayerNorm as a module: a gain (and bias) per feature around :func:`layer_norm`.
 
-    ``fused=True`` (the default) runs the same equation as ``torch.nn.functional.layer_norm``,
-    one kernel that makes a single pass over the activations, where the written-out version
-    launches seven and reads them repeatedly; on a small model that is about a tenth of a
-    training step (``benchmarks/model.py``). The tests check that the two agree.
+    ``fused=True`` (the default) runs the same equation as
+    ``torch.nn.functional.layer_norm``, one kernel that makes a single pass over the
+    activations, where the written-out version launches seven and reads them repeatedly; on
+    a small model that is about a tenth of a training step (``benchmarks/model.py``). The
+    tests check that the two agree.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, *, fused: bool = True):
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True, *,
+                 fused: bool = True):
         super().__init__()
         self.eps = eps
         self.fused = fused
@@ -153,10 +155,10 @@ class GatedMLP(nn.Module):
 
         GatedMLP(x) = (act(x W_gate) * (x W_up)) W_proj
 
-    One projection decides, per hidden unit, how much of the other passes. With three matrices
-    instead of two, models use about 2/3 of the plain MLP's hidden width to keep the parameter
-    count (:attr:`llmbook.model.GPTConfig.d_ff`). ``W_gate`` and ``W_up`` are stored as one
-    ``(C, 2 d_ff)`` matrix, so that the two products are one matrix multiply.
+    One projection decides, per hidden unit, how much of the other passes. With three
+    matrices instead of two, models use about 2/3 of the plain MLP's hidden width to keep
+    the parameter count (:attr:`llmbook.model.GPTConfig.d_ff`). ``W_gate`` and ``W_up`` are
+    stored as one ``(C, 2 d_ff)`` matrix, so that the two products are one matrix multiply.
     """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", *,
@@ -190,7 +192,8 @@ def _check_positions(start: int, seq_len: int, max_len: int) -> None:
 
 
 class LearnedPositionalEmbedding(nn.Module):
-    """A trained vector per position, added to the token embedding (GPT-1, GPT-2). Chapter 4.
+    """A trained vector per position, added to the token embedding (GPT-1, GPT-2).
+    Chapter 4.
 
     Simple and flexible, but it knows nothing of positions past ``max_len``: never trained.
     """
@@ -211,13 +214,14 @@ def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> Tensor:
         PE[p, 2i] = sin(p / base^(2i/dim)),   PE[p, 2i+1] = cos(p / base^(2i/dim))
 
     Each pair of features is a clock turning at its own rate, from one radian per position
-    down to one turn in ``2 pi base`` positions. An offset of k positions turns every clock by
-    a fixed angle, so relative position is a linear function of the encodings.
+    down to one turn in ``2 pi base`` positions. An offset of k positions turns every clock
+    by a fixed angle, so relative position is a linear function of the encodings.
     """
     if dim % 2:
         raise ValueError(f"sinusoids come in sin/cos pairs, so dim must be even, got {dim}")
     inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
-    angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # (max_len, dim/2)
+    angles = (torch.arange(max_len, dtype=torch.float64)[:, None]
+              * inv_freq)  # (max_len, dim/2)
     table = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (max_len, dim/2, 2)
     return table.flatten(1).float()  # (max_len, dim): sin, cos, sin, cos, ...
 
@@ -225,14 +229,15 @@ def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> Tensor:
 class SinusoidalPositionalEncoding(nn.Module):
     """The original transformer's fixed sinusoids, added to the token embedding. Chapter 4.
 
-    No parameters: the table is a non-persistent buffer, rebuilt from the formula rather than
-    stored in checkpoints.
+    No parameters: the table is a non-persistent buffer, rebuilt from the formula rather
+    than stored in checkpoints.
     """
 
     def __init__(self, max_len: int, dim: int, base: float = 10000.0):
         super().__init__()
         self.max_len = max_len
-        self.register_buffer("table", sinusoidal_table(max_len, dim, base), persistent=False)
+        self.register_buffer("table", sinusoidal_table(max_len, dim, base),
+                             persistent=False)
 
     def forward(self, seq_len: int, start: int = 0) -> Tensor:
         _check_positions(start, seq_len, self.max_len)
@@ -244,19 +249,22 @@ class RotaryEmbedding(nn.Module):
 
     Instead of adding a position vector to the residual stream, RoPE rotates every query and
     key inside attention. The ``D`` features of a head form ``D/2`` pairs; pair ``i`` of the
-    vector at position ``m`` is turned by the angle ``m theta_i``, ``theta_i = base^(-2i/D)``.
-    Turning by ``m theta`` and then back by ``n theta`` is a turn by ``(m - n) theta``, so the
-    score of the query at ``m`` and the key at ``n`` depends only on the offset ``m - n``.
+    vector at position ``m`` is turned by the angle ``m theta_i``,
+    ``theta_i = base^(-2i/D)``. Turning by ``m theta`` and then back by ``n theta`` is a
+    turn by ``(m - n) theta``, so the score of the query at ``m`` and the key at ``n``
+    depends only on the offset ``m - n``.
 
-    Pair ``i`` is features ``(i, i + D/2)``, the "rotate half" layout of GPT-NeoX and Hugging
-    Face's Llama. The paper pairs neighbours ``(2i, 2i+1)``; the two layouts differ by a fixed
-    permutation of a head's features, which the learned projections absorb: the same model.
+    Pair ``i`` is features ``(i, i + D/2)``, the "rotate half" layout of GPT-NeoX and
+    Hugging Face's Llama. The paper pairs neighbours ``(2i, 2i+1)``; the two layouts differ
+    by a fixed permutation of a head's features, which the learned projections absorb: the
+    same model.
 
-    An instance is the ``rotary`` callable that :class:`llmbook.attention.CausalSelfAttention`
-    applies to its queries and keys: ``rotary(t, start)`` with ``t`` of shape ``(B, H, T, D)``
-    holding positions ``start .. start + T - 1``. The cos/sin tables are float32 buffers: run
-    reduced precision under ``torch.autocast``, which leaves buffers in float32, rather than
-    casting the model with ``.to(torch.bfloat16)``, which would round the angles.
+    An instance is the ``rotary`` callable that
+    :class:`llmbook.attention.CausalSelfAttention` applies to its queries and keys:
+    ``rotary(t, start)`` with ``t`` of shape ``(B, H, T, D)`` holding positions
+    ``start .. start + T - 1``. The cos/sin tables are float32 buffers: run reduced
+    precision under ``torch.autocast``, which leaves buffers in float32, rather than casting
+    the model with ``.to(torch.bfloat16)``, which would round the angles.
     """
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
@@ -277,10 +285,13 @@ class RotaryEmbedding(nn.Module):
     def forward(self, t: Tensor, start: int = 0) -> Tensor:
         seq_len = t.shape[-2]
         _check_positions(start, seq_len, self.max_len)
-        cos = self.cos[start : start + seq_len]  # (T, D/2): cos(m theta_i) for each position m
+        # (T, D/2): cos(m theta_i) for each position m
+        cos = self.cos[start : start + seq_len]
         sin = self.sin[start : start + seq_len]
-        t1, t2 = t.chunk(2, dim=-1)  # (B, H, T, D/2) each: the two coordinates of every pair
-        rotated = torch.cat([t1 * cos - t2 * sin, t1 * sin + t2 * cos], dim=-1)  # (B, H, T, D)
+        # (B, H, T, D/2) each: the two coordinates of every pair
+        t1, t2 = t.chunk(2, dim=-1)
+        rotated = torch.cat([t1 * cos - t2 * sin,
+                             t1 * sin + t2 * cos], dim=-1)  # (B, H, T, D)
         return rotated.type_as(t)
 
     def extra_repr(self) -> str:

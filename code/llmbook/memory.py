@@ -29,7 +29,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from llmbook.model import GPT, GPTConfig, count_parameters
+from llmbook.costs import count_parameters
+from llmbook.model import GPT, GPTConfig
 
 GB = 1e9
 

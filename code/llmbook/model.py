@@ -1,10 +1,10 @@
 """A GPT, built piece by piece: configuration, block, model, and what it costs. Chapter 4.
 
 One class, :class:`GPT`, covers the GPT-2 family and a Llama-style variant; the differences
-are fields of :class:`GPTConfig` (norm, activation, positional scheme, biases, weight tying),
-and the named shapes live in :data:`PRESETS`. Attention comes from :mod:`llmbook.attention`
-(Chapter 3); norms, MLPs and positional encodings from :mod:`llmbook.layers`; sampling is in
-:mod:`llmbook.generate`.
+are fields of :class:`GPTConfig` (norm, activation, positional scheme, biases, weight
+tying), and the named shapes live in :data:`PRESETS`. Attention comes from
+:mod:`llmbook.attention` (Chapter 3); norms, MLPs and positional encodings from
+:mod:`llmbook.layers`; sampling is in :mod:`llmbook.generate`.
 
 Shapes: ``B`` batch, ``T`` sequence length, ``C`` width (``d_model``), ``V`` vocabulary,
 ``L`` layers.
@@ -42,10 +42,11 @@ NORM_POSITIONS = ("pre", "post")
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Everything that defines a GPT's architecture; the defaults are GPT-2 small. Chapter 4.
+    """Everything that defines a GPT's architecture; the defaults are GPT-2 small.
+    Chapter 4.
 
-    Validated on construction. Derive variants with :meth:`preset` or ``dataclasses.replace``
-    (which validates again).
+    Validated on construction. Derive variants with :meth:`preset` or
+    ``dataclasses.replace`` (which validates again).
     """
 
     vocab_size: int = 50257
@@ -59,7 +60,8 @@ class GPTConfig:
     dropout: float = 0.0
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)), the 2017 way
+    # "pre": x + f(norm(x)); "post": norm(x + f(x)), the 2017 way
+    norm_position: str = "pre"
     activation: str = "gelu"  # "gelu" | "relu" (plain MLP); "swiglu" | "geglu" (gated MLP)
     pos_encoding: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_base: float = 10000.0
@@ -69,23 +71,26 @@ class GPTConfig:
     fused: bool = True  # torch's fused kernels (attention, norms); False: ours, same maths
 
     def __post_init__(self) -> None:
-        sizes = ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "mlp_multiple_of")
+        sizes = ("vocab_size", "block_size", "n_layer", "n_head", "d_model",
+                 "mlp_multiple_of")
         for name in sizes:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, "
+                                 f"got {value!r}")
         if self.d_model % self.n_head:
             raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: each head "
-                "gets d_model / n_head features; pick a width that is a multiple of the head "
-                "count"
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}: each "
+                "head gets d_model / n_head features; pick a width that is a multiple of "
+                "the head count"
             )
         n_kv = self.n_kv_head
-        if n_kv is not None and (not isinstance(n_kv, int) or n_kv < 1 or self.n_head % n_kv):
+        if n_kv is not None and (not isinstance(n_kv, int) or n_kv < 1
+                                 or self.n_head % n_kv):
             raise ValueError(
-                f"n_kv_head={n_kv!r} must be a positive divisor of n_head={self.n_head}: in "
-                "grouped-query attention each key/value head serves an equal group of query "
-                "heads (None means n_head)"
+                f"n_kv_head={n_kv!r} must be a positive divisor of n_head={self.n_head}: "
+                "in grouped-query attention each key/value head serves an equal group of "
+                "query heads (None means n_head)"
             )
         choices = (("norm", NORMS), ("norm_position", NORM_POSITIONS),
                    ("activation", tuple(ACTIVATIONS) + tuple(GATED_ACTIVATIONS)),
@@ -110,7 +115,7 @@ class GPTConfig:
             if not value > 0:
                 raise ValueError(f"GPTConfig.{name} must be positive, got {value!r}")
 
-    # -- derived sizes ----------------------------------------------------------------------
+    # -- derived sizes ---------------------------------------------------------------------
 
     @property
     def head_dim(self) -> int:
@@ -127,16 +132,17 @@ class GPTConfig:
 
     @property
     def d_ff(self) -> int:
-        """The MLP's hidden width: ``mlp_ratio * d_model``, times 2/3 for a gated MLP, rounded
-        up to a multiple of ``mlp_multiple_of``: Llama 2 7B's 2/3 * 4 * 4096 = 10922.7 becomes
-        11008.
+        """The MLP's hidden width: ``mlp_ratio * d_model``, times 2/3 for a gated MLP,
+        rounded up to a multiple of ``mlp_multiple_of``: Llama 2 7B's 2/3 * 4 * 4096 =
+        10922.7 becomes 11008.
         """
         hidden = int(self.mlp_ratio * self.d_model)
         if self.gated:
-            hidden = int(2 * hidden / 3)  # three matrices instead of two: same parameter count
+            # three matrices instead of two: same parameter count
+            hidden = int(2 * hidden / 3)
         return self.mlp_multiple_of * math.ceil(hidden / self.mlp_multiple_of)
 
-    # -- named shapes -----------------------------------------------------------------------
+    # -- named shapes ----------------------------------------------------------------------
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> GPTConfig:
@@ -155,7 +161,8 @@ _LLAMA_STYLE = dict(norm="rmsnorm", activation="swiglu", pos_encoding="rope", bi
                     tie_weights=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # GPT-2 (Radford et al., 2019): the four released shapes; V = 50257, T = 1024, tied head.
+    # GPT-2 (Radford et al., 2019): the four released shapes; V = 50257, T = 1024, tied
+    # head.
     "gpt2": dict(n_layer=12, n_head=12, d_model=768),  # 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, d_model=1024),  # 355M
     "gpt2-large": dict(n_layer=36, n_head=20, d_model=1280),  # 774M
@@ -164,17 +171,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-small": dict(n_layer=12, n_head=12, d_model=768, mlp_multiple_of=64,
                         **_LLAMA_STYLE),
     # Llama 2 7B (Touvron et al., 2023), for counting: 6.74B parameters.
-    "llama2-7b": dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, d_model=4096,
-                      mlp_multiple_of=256, **_LLAMA_STYLE),
-    # The book's own sizes: Llama-style blocks with a tied head (at this scale the embedding is
-    # a large share of the model). vocab_size is a placeholder: pass the tokenizer's.
+    "llama2-7b": dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32,
+                      d_model=4096, mlp_multiple_of=256, **_LLAMA_STYLE),
+    # The book's own sizes: Llama-style blocks with a tied head (at this scale the embedding
+    # is a large share of the model). vocab_size is a placeholder: pass the tokenizer's.
     "book-cpu": dict(  # ~1M parameters: trains in minutes on two CPU cores
-        vocab_size=4096, block_size=128, n_layer=4, n_head=4, d_model=128, mlp_multiple_of=32,
-        **{**_LLAMA_STYLE, "tie_weights": True},
+        vocab_size=4096, block_size=128, n_layer=4, n_head=4, d_model=128,
+        mlp_multiple_of=32, **{**_LLAMA_STYLE, "tie_weights": True},
     ),
     "book-gpu": dict(  # ~10M non-embedding parameters: nanoGPT's Shakespeare scale
-        vocab_size=4096, block_size=512, n_layer=6, n_head=6, d_model=384, mlp_multiple_of=64,
-        dropout=0.2, **{**_LLAMA_STYLE, "tie_weights": True},
+        vocab_size=4096, block_size=512, n_layer=6, n_head=6, d_model=384,
+        mlp_multiple_of=64, dropout=0.2, **{**_LLAMA_STYLE, "tie_weights": True},
     ),
 }
 
@@ -186,7 +193,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.d_model, eps=config.norm_eps, fused=config.fused)
-    return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias, fused=config.fused)
+    return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias,
+                     fused=config.fused)
 
 
 def make_mlp(config: GPTConfig) -> nn.Module:
@@ -197,11 +205,11 @@ def make_mlp(config: GPTConfig) -> nn.Module:
 class Block(nn.Module):
     """A transformer block: attention, then an MLP, each a residual branch with a norm.
 
-    The residual stream ``x`` flows straight through; each branch reads a normalised copy and
-    adds its result back (pre-norm, GPT-2 onward). Post-norm, the 2017 original, normalises
-    the stream itself after each addition, which puts a norm on the gradient's direct path
-    (Chapter 4). Dropout, when training with it, drops parts of each branch's output before it
-    joins the stream ("residual dropout", Vaswani et al., 2017).
+    The residual stream ``x`` flows straight through; each branch reads a normalised copy
+    and adds its result back (pre-norm, GPT-2 onward). Post-norm, the 2017 original,
+    normalises the stream itself after each addition, which puts a norm on the gradient's
+    direct path (Chapter 4). Dropout, when training with it, drops parts of each branch's
+    output before it joins the stream ("residual dropout", Vaswani et al., 2017).
     """
 
     def __init__(self, config: GPTConfig):
@@ -246,10 +254,12 @@ class GPT(nn.Module):
             self.pos_emb = SinusoidalPositionalEncoding(config.block_size, C)
         self.rotary = None
         if config.pos_encoding == "rope":
-            self.rotary = RotaryEmbedding(config.head_dim, config.block_size, config.rope_base)
+            self.rotary = RotaryEmbedding(config.head_dim, config.block_size,
+                                          config.rope_base)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        # Pre-norm leaves the stream unnormalised, so it needs a final norm; post-norm has one.
+        # Pre-norm leaves the stream unnormalised, so it needs a final norm; post-norm has
+        # one.
         self.norm_f = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_weights:  # one (V, C) matrix reads tokens in and scores them out
@@ -257,11 +267,11 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2's initialisation: weights N(0, 0.02^2), biases zero, norms the identity, and
-        the projections that write into the residual stream scaled down by sqrt(2 L).
+        """GPT-2's initialisation: weights N(0, 0.02^2), biases zero, norms the identity,
+        and the projections that write into the residual stream scaled down by sqrt(2 L).
 
-        Each block adds two branch outputs to the stream, so without the scaling the stream's
-        variance grows in proportion to depth (Chapter 4 measures it).
+        Each block adds two branch outputs to the stream, so without the scaling the
+        stream's variance grows in proportion to depth (Chapter 4 measures it).
         """
         std = self.config.init_std
         for module in self.modules():
@@ -279,7 +289,8 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
     def hidden_states(self, idx: Tensor, *, caches: list[KVCache] | None = None) -> Tensor:
-        """The final normalised residual stream ``(B, T, C)`` for token ids ``idx`` ``(B, T)``.
+        """The final normalised residual stream ``(B, T, C)`` for token ids ``idx``
+        ``(B, T)``.
 
         With ``caches`` (one :class:`~llmbook.attention.KVCache` per block, from
         :meth:`new_kv_caches`), ``idx`` continues the sequence held in the caches: its
@@ -288,7 +299,8 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         if idx.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+            raise TypeError(f"idx must hold integer token ids (torch.long), "
+                            f"got {idx.dtype}")
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(
                 f"expected one KV cache per block ({len(self.blocks)}), got {len(caches)}"
@@ -311,8 +323,9 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, *,
                 caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
-        """Logits ``(B, T, V)`` at every position and, given ``targets`` ``(B, T)``, the mean
-        cross-entropy in nats per token (targets of -100 are ignored, PyTorch's convention)."""
+        """Logits ``(B, T, V)`` at every position and, given ``targets`` ``(B, T)``, the
+        mean cross-entropy in nats per token (targets of -100 are ignored, PyTorch's
+        convention)."""
         logits = self.lm_head(self.hidden_states(idx, caches=caches))  # (B, T, V)
         if targets is None:
             return logits, None
@@ -327,11 +340,12 @@ class GPT(nn.Module):
 
     def new_kv_caches(self, batch_size: int, max_len: int | None = None, *,
                       dtype: torch.dtype | None = None) -> list[KVCache]:
-        """Empty key/value caches, one per block, on the model's device (``max_len`` defaults
-        to the context length).
+        """Empty key/value caches, one per block, on the model's device (``max_len``
+        defaults to the context length).
 
-        They hold keys and values in the dtype attention computes them in: ``dtype`` if given,
-        else autocast's dtype when autocast is on for the model's device, else the weights'.
+        They hold keys and values in the dtype attention computes them in: ``dtype`` if
+        given, else autocast's dtype when autocast is on for the model's device, else the
+        weights'.
         """
         weight = self.tok_emb.weight
         if dtype is None:
@@ -347,9 +361,9 @@ class GPT(nn.Module):
         """Trainable parameters, a shared tensor counted once.
 
         ``non_embedding=True`` leaves out the lookup tables (token and learned position
-        embeddings), the convention of Kaplan et al. (2020) for scaling laws. With tied weights
-        the output head *is* the token table and goes too; an untied head is a real matrix
-        multiply and stays.
+        embeddings), the convention of Kaplan et al. (2020) for scaling laws. With tied
+        weights the output head *is* the token table and goes too; an untied head is a real
+        matrix multiply and stays.
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:

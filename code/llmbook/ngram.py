@@ -17,11 +17,12 @@ def char_ngram_bits_per_char(train_text: str, eval_text: str, order: int,
                              alpha: float = 1.0) -> float:
     """Bits per character of ``eval_text`` under a character n-gram model of ``train_text``.
 
-    ``order`` 1 is the unigram model (each character's frequency), 2 the bigram model (the next
-    character given the previous one), and so on. Probabilities use add-``alpha`` smoothing
-    over the alphabet ``A`` of both texts, ``p(c | h) = (count(h c) + alpha) / (count(h) +
-    alpha |A|)``, so that an unseen character or context costs a finite amount. The first
-    ``order - 1`` characters of ``eval_text`` are scored with the shorter histories they have.
+    ``order`` 1 is the unigram model (each character's frequency), 2 the bigram model (the
+    next character given the previous one), and so on. Probabilities use add-``alpha``
+    smoothing over the alphabet ``A`` of both texts,
+    ``p(c | h) = (count(h c) + alpha) / (count(h) + alpha |A|)``, so that an unseen
+    character or context costs a finite amount. The first ``order - 1`` characters of
+    ``eval_text`` are scored with the shorter histories they have.
     """
     if order < 1:
         raise ValueError(f"order must be at least 1, got {order}")
@@ -29,20 +30,24 @@ def char_ngram_bits_per_char(train_text: str, eval_text: str, order: int,
         raise ValueError(f"alpha must be positive, got {alpha}")
     if not train_text or not eval_text:
         raise ValueError("train_text and eval_text must be non-empty")
-    # Characters as integers 0..|A|-1, vectorised: UTF-32 gives one code point per character.
+    # Characters as integers 0..|A|-1, vectorised: UTF-32 gives one code point per
+    # character.
     points = np.frombuffer((train_text + eval_text).encode("utf-32-le"), dtype=np.uint32)
     alphabet, symbols = np.unique(points, return_inverse=True)
     A = len(alphabet)
     train, evals = symbols[: len(train_text)], symbols[len(train_text) :]
-    # Each n-gram of the training text as one integer; sorted once, looked up by binary search.
+    # Each n-gram of the training text as one integer; sorted once, looked up by binary
+    # search.
     codes = _ngram_codes(train, order, A)
     ngrams, ngram_counts = np.unique(codes, return_counts=True)
     contexts, context_counts = np.unique(codes // A, return_counts=True)
-    queries = _ngram_codes(evals, order, A)  # the n-grams ending at positions order-1, order, ...
+    # the n-grams ending at positions order-1, order, ...
+    queries = _ngram_codes(evals, order, A)
     p = ((_lookup(ngrams, ngram_counts, queries) + alpha)
          / (_lookup(contexts, context_counts, queries // A) + alpha * A))
     total_bits = -float(np.log2(p).sum())
-    for i in range(min(order - 1, len(evals))):  # the first characters have shorter histories
+    # the first characters have shorter histories
+    for i in range(min(order - 1, len(evals))):
         n = i + 1
         gram = _ngram_codes(evals[:n], n, A)[0]
         history = _ngram_codes(train, n, A)

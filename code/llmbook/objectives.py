@@ -30,15 +30,16 @@ LN2 = math.log(2.0)
 IGNORE_INDEX = -100  # a target that is not scored (PyTorch's convention)
 
 
-def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """The mean negative log-likelihood of ``targets`` under ``softmax(logits)``, in nats per
-    token.
+def cross_entropy(logits: Tensor, targets: Tensor,
+                  ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The mean negative log-likelihood of ``targets`` under ``softmax(logits)``, in nats
+    per token.
 
     For logits ``z`` over the vocabulary and the true next token ``y`` the loss is
     ``-log softmax(z)_y = logsumexp(z) - z_y``: the log of the normaliser minus the true
-    token's logit. ``logsumexp`` subtracts the largest logit before exponentiating, so nothing
-    overflows. Positions whose target is ``ignore_index`` are left out of the mean, as in
-    ``torch.nn.functional.cross_entropy``.
+    token's logit. ``logsumexp`` subtracts the largest logit before exponentiating, so
+    nothing overflows. Positions whose target is ``ignore_index`` are left out of the mean,
+    as in ``torch.nn.functional.cross_entropy``.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must have the shape of targets "
@@ -52,9 +53,9 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_IN
 
 
 def bits_per_char(total_nats: float, n_chars: int) -> float:
-    """Bits per character: the loss of a whole text in bits (divide by ln 2), spread over its
-    characters. A byte-level and a BPE model of the same text pay for the same characters, so
-    their bits per character compare even though their tokens do not."""
+    """Bits per character: the loss of a whole text in bits (divide by ln 2), spread over
+    its characters. A byte-level and a BPE model of the same text pay for the same
+    characters, so their bits per character compare even though their tokens do not."""
     if n_chars < 1:
         raise ValueError(f"n_chars must be positive, got {n_chars}")
     return total_nats / LN2 / n_chars
@@ -115,9 +116,9 @@ class Objective(Protocol):
 
 
 class LanguageModelObjective:
-    """Next-token prediction on ``(inputs, targets)`` batches: the model's mean cross-entropy
-    over the targets that are not ``IGNORE_INDEX`` (Chapter 5; masked targets are how
-    supervised fine-tuning trains on the answers only, Chapter 8)."""
+    """Next-token prediction on ``(inputs, targets)`` batches: the model's mean
+    cross-entropy over the targets that are not ``IGNORE_INDEX`` (Chapter 5; masked targets
+    are how supervised fine-tuning trains on the answers only, Chapter 8)."""
 
     def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor]
                  ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -3,10 +3,10 @@ gradient clipping. Chapter 5.
 
 Each piece is written from its equations and checked against the PyTorch component that does
 the same job (``torch.optim.AdamW``, ``torch.optim.lr_scheduler``, ``clip_grad_norm_``). The
-training loop (:mod:`llmbook.train`) uses our schedule and clipping, and by default PyTorch's
-*fused* AdamW, which computes exactly our update in one kernel over all parameters instead of a
-handful of small operations per tensor: the clear version teaches, the fused one runs.
-:func:`make_optimizer` builds either, and ``benchmarks/train.py`` compares them.
+training loop (:mod:`llmbook.train`) uses our schedule and clipping, and by default
+PyTorch's *fused* AdamW, which computes exactly our update in one kernel over all parameters
+instead of a handful of small operations per tensor: the clear version teaches, the fused
+one runs. :func:`make_optimizer` builds either, and ``benchmarks/train.py`` compares them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class AdamW(torch.optim.Optimizer):
         if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         if not eps > 0:
-            raise ValueError(f"eps must be positive (it bounds steps where v = 0), got {eps}")
+            raise ValueError(f"eps must be positive (it bounds steps where v = 0), "
+                             f"got {eps}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
@@ -75,7 +76,8 @@ class AdamW(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise TypeError("AdamW takes no sparse gradients; use dense embeddings")
                 state = self.state[p]
-                if not state:  # moments start at zero; bias correction undoes the pull to zero
+                # moments start at zero; bias correction undoes the pull to zero
+                if not state:
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
@@ -89,20 +91,21 @@ class AdamW(torch.optim.Optimizer):
 
                 bias_correction1 = 1 - beta1**t
                 bias_correction2 = 1 - beta2**t
-                denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)  # sqrt(v_hat) + eps
+                # sqrt(v_hat) + eps
+                denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)
                 p.addcdiv_(m, denom, value=-lr / bias_correction1)  # lr m_hat / denom
         return loss
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimizer groups: matrices and embedding tables decay; vectors (biases, norm gains)
-    do not.
+    """Two optimizer groups: matrices and embedding tables decay; vectors (biases, norm
+    gains) do not.
 
     Weight decay pulls weights toward zero, a prior that suits the large matrices that mix
-    features. A norm's gain or a bias is a per-feature scale or offset, and pulling it toward
-    zero only fights the model (a gain of zero switches a feature off). The rule is by shape,
-    as in GPT-2 and nanoGPT: a parameter with two or more dimensions decays. Tied weights
-    appear once (``named_parameters`` skips repeats).
+    features. A norm's gain or a bias is a per-feature scale or offset, and pulling it
+    toward zero only fights the model (a gain of zero switches a feature off). The rule is
+    by shape, as in GPT-2 and nanoGPT: a parameter with two or more dimensions decays. Tied
+    weights appear once (``named_parameters`` skips repeats).
     """
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -123,9 +126,9 @@ def make_optimizer(
     eps: float = 1e-8,
     implementation: str = "fused",
 ) -> torch.optim.Optimizer:
-    """AdamW over :func:`parameter_groups`, in one of three implementations of the same update:
-    ``"ours"`` (:class:`AdamW`), ``"torch"`` (PyTorch's multi-tensor version) or ``"fused"``
-    (PyTorch's single-kernel version, the fastest on CPU and GPU alike)."""
+    """AdamW over :func:`parameter_groups`, in one of three implementations of the same
+    update: ``"ours"`` (:class:`AdamW`), ``"torch"`` (PyTorch's multi-tensor version) or
+    ``"fused"`` (PyTorch's single-kernel version, the fastest on CPU and GPU alike)."""
     if implementation not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer implementation {implementation!r}; "
                          f"choose one of {OPTIMIZERS}")
@@ -153,9 +156,9 @@ class WarmupCosine:
         lr(s) = min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2    after, p in [0, 1]
 
     with ``p = (s - warmup_steps) / (total_steps - warmup_steps)``. Warm-up lets Adam's
-    second-moment estimates settle before the steps are large; the slow end of the cosine lets
-    the weights settle into a minimum instead of bouncing around it. The schedule is a pure
-    function of the step, so a resumed run needs nothing but the step to continue it.
+    second-moment estimates settle before the steps are large; the slow end of the cosine
+    lets the weights settle into a minimum instead of bouncing around it. The schedule is a
+    pure function of the step, so a resumed run needs nothing but the step to continue it.
     """
 
     max_lr: float
@@ -168,8 +171,8 @@ class WarmupCosine:
             raise ValueError(f"need 0 <= min_lr <= max_lr, got min_lr={self.min_lr}, "
                              f"max_lr={self.max_lr}")
         if not 0 <= self.warmup_steps < self.total_steps:
-            raise ValueError(f"need 0 <= warmup_steps < total_steps, got {self.warmup_steps}, "
-                             f"{self.total_steps}")
+            raise ValueError(f"need 0 <= warmup_steps < total_steps, "
+                             f"got {self.warmup_steps}, {self.total_steps}")
 
     def __call__(self, step: int) -> float:
         if step < 0:
@@ -187,10 +190,10 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     return the norm before clipping. Chapter 5 explains.
 
     The global norm treats every gradient as one long vector, ``sqrt(sum_i ||g_i||^2)``.
-    Scaling all of them by one factor keeps the direction of the update and only shortens it,
-    so one bad batch with a huge gradient cannot throw the weights far. As in
-    ``torch.nn.utils.clip_grad_norm_``, the factor is ``max_norm / (norm + 1e-6)`` capped at 1,
-    applied without a data-dependent branch (which would make the CPU wait for the GPU).
+    Scaling all of them by one factor keeps the direction of the update and only shortens
+    it, so one bad batch with a huge gradient cannot throw the weights far. As in
+    ``torch.nn.utils.clip_grad_norm_``, the factor is ``max_norm / (norm + 1e-6)`` capped at
+    1, applied without a data-dependent branch (which would make the CPU wait for the GPU).
     Sharded gradients (FSDP's DTensors, Chapter 6) hold a slice each: the norm is taken over
     the whole model, every rank's slice, so that every rank scales by the same factor.
     """

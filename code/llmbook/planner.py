@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from llmbook.comm import allreduce_seconds
 from llmbook.memory import (CHECKPOINTING, PRECISIONS, n_parameters,
                             predict_activation_bytes)
-from llmbook.model import GPTConfig, flops_per_token
+from llmbook.costs import flops_per_token
+from llmbook.model import GPTConfig
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""The book's named configurations: ``cpu`` (minutes on a laptop) and ``gpu`` (full size on one GPU).
+"""The book's named configurations: ``cpu`` (minutes on a laptop) and ``gpu`` (full size on
+one GPU).
 
-Every chapter takes a ``profile`` parameter and looks it up here; this module is the single place where the two
-editions differ. Each chapter's settings are a small frozen dataclass, validated on construction, and a
-:class:`Profile` bundles one of each.
+Every chapter takes a ``profile`` parameter and looks it up here; this module is the single
+place where the two editions differ. Each chapter's settings are a small frozen dataclass,
+validated on construction, and a :class:`Profile` bundles one of each.
 """
 
 from __future__ import annotations
@@ -24,30 +25,35 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.batch_size < 1:
-            raise ValueError(f"block_size and batch_size must be positive, got {self.block_size}, {self.batch_size}")
+            raise ValueError(f"block_size and batch_size must be positive, got "
+                             f"{self.block_size}, {self.batch_size}")
 
 
 @dataclass(frozen=True)
 class TokenizerSettings:
-    """Chapter 2: the book's BPE tokenizer (used by every later chapter) and the sizes of the experiments."""
+    """Chapter 2: the book's BPE tokenizer (used by every later chapter) and the sizes of
+    the experiments."""
 
     vocab_size: int  # the book tokenizer: 256 bytes + merges + <|endoftext|>
-    sweep_max_vocab: int  # one training run to this size gives every smaller vocabulary (bytes per token curve)
+    # one training run to this size gives every smaller vocabulary (bytes per token curve)
+    sweep_max_vocab: int
     naive_sample_chars: int  # training text for the naive-versus-fast trainer comparison
     naive_vocab_size: int
 
     def __post_init__(self) -> None:
         if not 257 < self.vocab_size <= self.sweep_max_vocab:
-            raise ValueError(f"need 257 < vocab_size <= sweep_max_vocab, got {self.vocab_size}, "
-                             f"{self.sweep_max_vocab}")
+            raise ValueError(f"need 257 < vocab_size <= sweep_max_vocab, got "
+                             f"{self.vocab_size}, {self.sweep_max_vocab}")
         if self.naive_sample_chars < 1 or self.naive_vocab_size <= 257:
-            raise ValueError(f"naive_sample_chars must be positive and naive_vocab_size > 257, got "
-                             f"{self.naive_sample_chars}, {self.naive_vocab_size}")
+            raise ValueError(f"naive_sample_chars must be positive and naive_vocab_size "
+                             f"> 257, got {self.naive_sample_chars}, "
+                             f"{self.naive_vocab_size}")
 
 
 @dataclass(frozen=True)
 class AttentionSettings:
-    """Chapter 3: the attention-only model whose attention maps the chapter draws, and the cost sweep."""
+    """Chapter 3: the attention-only model whose attention maps the chapter draws, and the
+    cost sweep."""
 
     lm_block_size: int  # context of the attention-only model (bytes)
     lm_d_model: int
@@ -55,29 +61,34 @@ class AttentionSettings:
     lm_batch_size: int
     lm_steps: int
     lm_lr: float
-    cost_seq_lens: tuple[int, ...]  # sequence lengths of the time and memory sweep, ascending
+    # sequence lengths of the time and memory sweep, ascending
+    cost_seq_lens: tuple[int, ...]
     cost_dtype: str  # "float32" or "bfloat16"
     cost_repeats: int  # timed runs per point (the fastest is reported: load only adds time)
 
     def __post_init__(self) -> None:
-        sizes = (self.lm_block_size, self.lm_d_model, self.lm_n_heads, self.lm_batch_size, self.lm_steps,
-                 self.cost_repeats)
+        sizes = (self.lm_block_size, self.lm_d_model, self.lm_n_heads, self.lm_batch_size,
+                 self.lm_steps, self.cost_repeats)
         if min(sizes) < 1:
             raise ValueError(f"attention settings must be positive, got {self}")
         if self.lm_d_model % self.lm_n_heads:
-            raise ValueError(f"lm_d_model={self.lm_d_model} must be divisible by lm_n_heads={self.lm_n_heads}")
+            raise ValueError(f"lm_d_model={self.lm_d_model} must be divisible by "
+                             f"lm_n_heads={self.lm_n_heads}")
         if not self.lm_lr > 0:
             raise ValueError(f"lm_lr must be positive, got {self.lm_lr}")
         lens = self.cost_seq_lens
         if len(lens) < 2 or min(lens) < 1 or list(lens) != sorted(set(lens)):
-            raise ValueError(f"cost_seq_lens must be at least two increasing positive lengths, got {lens}")
+            raise ValueError(f"cost_seq_lens must be at least two increasing positive "
+                             f"lengths, got {lens}")
         if self.cost_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"cost_dtype must be 'float32' or 'bfloat16', got {self.cost_dtype!r}")
+            raise ValueError(f"cost_dtype must be 'float32' or 'bfloat16', got "
+                             f"{self.cost_dtype!r}")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Chapter 4: the book's model for this profile and the sizes of the chapter's sanity checks."""
+    """Chapter 4: the book's model for this profile and the sizes of the chapter's sanity
+    checks."""
 
     preset: str  # a name in llmbook.model.PRESETS: the model the later chapters train
     overfit_batch_size: int  # sequences in the single batch the model must memorise
@@ -87,25 +98,31 @@ class ModelSettings:
     norm_block_size: int
     norm_batch_size: int
     norm_steps: int
-    norm_lr: float  # deliberately high and without warm-up: the setting where post-norm struggles
-    gen_new_tokens: int  # tokens generated when timing decoding with and without the KV cache
+    # deliberately high and without warm-up: the setting where post-norm struggles
+    norm_lr: float
+    # tokens generated when timing decoding with and without the KV cache
+    gen_new_tokens: int
 
     def __post_init__(self) -> None:
-        # tests/test_model.py checks the name against llmbook.model.PRESETS, so that this module
-        # does not import the model code.
+        # tests/test_model.py checks the name against llmbook.model.PRESETS, so that this
+        # module does not import the model code.
         if not isinstance(self.preset, str) or not self.preset:
-            raise ValueError(f"preset must name a model preset (llmbook.model.PRESETS), got {self.preset!r}")
-        sizes = (self.overfit_batch_size, self.overfit_steps, self.norm_layers, self.norm_block_size,
-                 self.norm_batch_size, self.norm_steps, self.gen_new_tokens)
+            raise ValueError(f"preset must name a model preset (llmbook.model.PRESETS), "
+                             f"got {self.preset!r}")
+        sizes = (self.overfit_batch_size, self.overfit_steps, self.norm_layers,
+                 self.norm_block_size, self.norm_batch_size, self.norm_steps,
+                 self.gen_new_tokens)
         if min(sizes) < 1:
             raise ValueError(f"model settings sizes must be positive, got {self}")
         if not (self.overfit_lr > 0 and self.norm_lr > 0):
-            raise ValueError(f"learning rates must be positive, got {self.overfit_lr}, {self.norm_lr}")
+            raise ValueError(f"learning rates must be positive, got {self.overfit_lr}, "
+                             f"{self.norm_lr}")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Chapter 5: pretraining the book's model (``llmbook.train``); its shape is ``ModelSettings.preset``."""
+    """Chapter 5: pretraining the book's model (``llmbook.train``); its shape is
+    ``ModelSettings.preset``."""
 
     steps: int  # optimizer steps
     batch_size: int  # sequences per micro-batch (each of the preset's block_size tokens)
@@ -119,7 +136,8 @@ class TrainSettings:
     grad_clip: float  # maximum global gradient norm; 0 turns clipping off
     dropout: float
     eval_interval: int  # steps between evaluations on training and held-out text
-    eval_tokens: int  # tokens of each split scored at an interval (the final evaluation reads all of it)
+    # tokens of each split scored at an interval (the final evaluation reads all of it)
+    eval_tokens: int
     log_interval: int  # steps between training-loss records
     dtype: str  # "float32" or "bfloat16" (autocast; the weights stay float32)
     compile: bool  # torch.compile the model for training
@@ -127,32 +145,39 @@ class TrainSettings:
     keep_best: bool  # keep the weights with the lowest held-out loss seen at an evaluation
 
     def __post_init__(self) -> None:
-        sizes = (self.steps, self.batch_size, self.grad_accum, self.eval_interval, self.eval_tokens,
-                 self.log_interval)
+        sizes = (self.steps, self.batch_size, self.grad_accum, self.eval_interval,
+                 self.eval_tokens, self.log_interval)
         if min(sizes) < 1:
             raise ValueError(f"train settings sizes must be positive integers, got {self}")
         if not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"need 0 <= warmup_steps < steps, got {self.warmup_steps}, {self.steps}")
+            raise ValueError(f"need 0 <= warmup_steps < steps, got {self.warmup_steps}, "
+                             f"{self.steps}")
         if not 0 < self.min_lr <= self.lr:
-            raise ValueError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+            raise ValueError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, "
+                             f"lr={self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, "
+                             f"{self.beta2}")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}")
+            raise ValueError(f"weight_decay and grad_clip must be >= 0, got "
+                             f"{self.weight_decay}, {self.grad_clip}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.optimizer not in ("ours", "torch", "fused"):
-            raise ValueError(f"optimizer must be 'ours', 'torch' or 'fused', got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be 'ours', 'torch' or 'fused', got "
+                             f"{self.optimizer!r}")
 
 
 @dataclass(frozen=True)
 class TrainDemoSettings:
-    """Chapter 5: the sizes of the chapter's side experiments (kept apart from TrainSettings, which
-    determines the book's model, so that changing them does not retrain it)."""
+    """Chapter 5: the sizes of the chapter's side experiments (kept apart from
+    TrainSettings, which determines the book's model, so that changing them does not retrain
+    it)."""
 
-    overfit_layers: int  # the small model of the overfitting experiment: the preset, fewer layers ...
+    # the small model of the overfitting experiment: the preset, fewer layers ...
+    overfit_layers: int
     overfit_width: int  # ... and a narrower residual stream
     overfit_train_tokens: int  # the training tokens it sees, again and again
     overfit_batch_size: int
@@ -169,7 +194,8 @@ class TrainDemoSettings:
         if not self.overfit_lr > 0:
             raise ValueError(f"overfit_lr must be positive, got {self.overfit_lr}")
         if not 0 <= self.overfit_dropout < 1:
-            raise ValueError(f"overfit_dropout must be in [0, 1), got {self.overfit_dropout}")
+            raise ValueError(f"overfit_dropout must be in [0, 1), got "
+                             f"{self.overfit_dropout}")
 
 
 @dataclass(frozen=True)
@@ -196,20 +222,24 @@ PROFILES: dict[str, Profile] = {
         description="runs on a laptop CPU (2 cores) in minutes; what CI executes",
         device="cpu",
         data=DataSettings(block_size=64, batch_size=8),
-        tokenizer=TokenizerSettings(vocab_size=2048, sweep_max_vocab=8192, naive_sample_chars=200_000,
-                                    naive_vocab_size=512),
-        attention=AttentionSettings(lm_block_size=64, lm_d_model=64, lm_n_heads=4, lm_batch_size=32,
-                                    lm_steps=800, lm_lr=1e-2, cost_seq_lens=(256, 512, 1024, 2048),
+        tokenizer=TokenizerSettings(vocab_size=2048, sweep_max_vocab=8192,
+                                    naive_sample_chars=200_000, naive_vocab_size=512),
+        attention=AttentionSettings(lm_block_size=64, lm_d_model=64, lm_n_heads=4,
+                                    lm_batch_size=32, lm_steps=800, lm_lr=1e-2,
+                                    cost_seq_lens=(256, 512, 1024, 2048),
                                     cost_dtype="float32", cost_repeats=3),
-        model=ModelSettings(preset="book-cpu", overfit_batch_size=4, overfit_steps=200, overfit_lr=1.5e-3,
-                            norm_layers=6, norm_block_size=64, norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
+        model=ModelSettings(preset="book-cpu", overfit_batch_size=4, overfit_steps=200,
+                            overfit_lr=1.5e-3, norm_layers=6, norm_block_size=64,
+                            norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
                             gen_new_tokens=256),
-        train=TrainSettings(steps=1000, batch_size=16, grad_accum=1, lr=4e-3, min_lr=4e-4, warmup_steps=20,
-                            weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, dropout=0.0,
-                            eval_interval=50, eval_tokens=4096, log_interval=10, dtype="float32",
+        train=TrainSettings(steps=1000, batch_size=16, grad_accum=1, lr=4e-3, min_lr=4e-4,
+                            warmup_steps=20, weight_decay=0.1, beta1=0.9, beta2=0.99,
+                            grad_clip=1.0, dropout=0.0, eval_interval=50,
+                            eval_tokens=4096, log_interval=10, dtype="float32",
                             compile=False, optimizer="fused", keep_best=False),
-        train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=64, overfit_train_tokens=8192,
-                                      overfit_batch_size=4, overfit_steps=300, overfit_lr=3e-3,
+        train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=64,
+                                      overfit_train_tokens=8192, overfit_batch_size=4,
+                                      overfit_steps=300, overfit_lr=3e-3,
                                       overfit_dropout=0.2, sample_tokens=120),
     ),
     "gpu": Profile(
@@ -217,42 +247,47 @@ PROFILES: dict[str, Profile] = {
         description="full size, on one CUDA GPU (H100 class)",
         device="cuda",
         data=DataSettings(block_size=256, batch_size=64),
-        tokenizer=TokenizerSettings(vocab_size=8192, sweep_max_vocab=16384, naive_sample_chars=1_000_000,
-                                    naive_vocab_size=1024),
-        attention=AttentionSettings(lm_block_size=128, lm_d_model=128, lm_n_heads=4, lm_batch_size=64,
-                                    lm_steps=3000, lm_lr=3e-3,
+        tokenizer=TokenizerSettings(vocab_size=8192, sweep_max_vocab=16384,
+                                    naive_sample_chars=1_000_000, naive_vocab_size=1024),
+        attention=AttentionSettings(lm_block_size=128, lm_d_model=128, lm_n_heads=4,
+                                    lm_batch_size=64, lm_steps=3000, lm_lr=3e-3,
                                     cost_seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
                                     cost_dtype="bfloat16", cost_repeats=10),
-        model=ModelSettings(preset="book-gpu", overfit_batch_size=16, overfit_steps=300, overfit_lr=1e-3,
-                            norm_layers=6, norm_block_size=64, norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
+        model=ModelSettings(preset="book-gpu", overfit_batch_size=16, overfit_steps=300,
+                            overfit_lr=1e-3, norm_layers=6, norm_block_size=64,
+                            norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
                             gen_new_tokens=1024),
-        train=TrainSettings(steps=3000, batch_size=64, grad_accum=1, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                            weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, dropout=0.2,
-                            eval_interval=250, eval_tokens=1 << 18, log_interval=25, dtype="bfloat16",
+        train=TrainSettings(steps=3000, batch_size=64, grad_accum=1, lr=1e-3, min_lr=1e-4,
+                            warmup_steps=100, weight_decay=0.1, beta1=0.9, beta2=0.99,
+                            grad_clip=1.0, dropout=0.2, eval_interval=250,
+                            eval_tokens=1 << 18, log_interval=25, dtype="bfloat16",
                             compile=True, optimizer="fused", keep_best=True),
-        train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=128, overfit_train_tokens=32768,
-                                      overfit_batch_size=16, overfit_steps=1000, overfit_lr=1e-3,
+        train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=128,
+                                      overfit_train_tokens=32768, overfit_batch_size=16,
+                                      overfit_steps=1000, overfit_lr=1e-3,
                                       overfit_dropout=0.2, sample_tokens=300),
     ),
 }
 
 
 def get_profile(name: str, *, check_device: bool = True) -> Profile:
-    """The profile called ``name``; an unknown name, or ``gpu`` without a GPU, is a clear error."""
+    """The profile called ``name``; an unknown name, or ``gpu`` without a GPU, is a clear
+    error."""
     if name not in PROFILES:
         valid = ", ".join(repr(p) for p in PROFILES)
         raise ValueError(f"unknown profile {name!r}; valid profiles are {valid}")
     profile = PROFILES[name]
     if check_device and profile.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            f"profile {name!r} needs a CUDA GPU, but torch.cuda.is_available() is False on this machine; "
-            "run with profile='cpu' instead"
+            f"profile {name!r} needs a CUDA GPU, but torch.cuda.is_available() is False "
+            "on this machine; run with profile='cpu' instead"
         )
     return profile
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a run repeats exactly on one machine."""
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a run repeats exactly on one
+    machine."""
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -260,7 +295,8 @@ def seed_everything(seed: int) -> None:
 
 
 def start(name: str) -> Profile:
-    """What a chapter's first code cell calls: validate the profile, seed everything, return the profile."""
+    """What a chapter's first code cell calls: validate the profile, seed everything, return
+    the profile."""
     profile = get_profile(name)
     seed_everything(profile.seed)
     return profile

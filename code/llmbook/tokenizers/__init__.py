@@ -23,7 +23,9 @@ Each module is one idea, building on the previous one:
 from llmbook.tokenizers.bpe import train_naive
 from llmbook.tokenizers.book import book_token_file, book_tokenizer, cl100k_token_file
 from llmbook.tokenizers.fast import train_fast
-from llmbook.tokenizers.io import TokenizerFileError, load, load_tiktoken, save, save_tiktoken
+from llmbook.tokenizers.io import (
+    TokenizerFileError, load, load_tiktoken, save, save_tiktoken,
+)
 from llmbook.tokenizers.regex import (
     ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, PATTERNS, count_words,
 )

@@ -2,17 +2,17 @@
 Unigram), HF BPE.
 
 - :class:`WordLevelTokenizer` is what came before subwords: a vocabulary of whole words from
-  the training split and one ``<unk>`` id for everything else. It shows the problem BPE solves:
-  held-out plays are full of words (names, archaic spellings) that the training plays never
-  used. It also loses whitespace.
-- :class:`SentencePieceTokenizer` wraps Google's SentencePiece (C++), the library behind T5 and
-  Llama 1-2. It treats the text as a raw stream, with the space turned into a visible marker
-  ``▁`` (U+2581) that pieces may begin with, and trains BPE or the Unigram language model.
-  ``byte_fallback=True`` spells characters outside the vocabulary as byte pieces ``<0xE2>``, so
-  nothing is unknown.
-- :func:`train_hf_bpe` trains HF ``tokenizers``' byte-level BPE (Rust) with our split pattern:
-  the same algorithm as ours, the reference for the training-speed target and the cross-check
-  of our merges.
+  the training split and one ``<unk>`` id for everything else. It shows the problem BPE
+  solves: held-out plays are full of words (names, archaic spellings) that the training
+  plays never used. It also loses whitespace.
+- :class:`SentencePieceTokenizer` wraps Google's SentencePiece (C++), the library behind T5
+  and Llama 1-2. It treats the text as a raw stream, with the space turned into a visible
+  marker ``▁`` (U+2581) that pieces may begin with, and trains BPE or the Unigram language
+  model. ``byte_fallback=True`` spells characters outside the vocabulary as byte pieces
+  ``<0xE2>``, so nothing is unknown.
+- :func:`train_hf_bpe` trains HF ``tokenizers``' byte-level BPE (Rust) with our split
+  pattern: the same algorithm as ours, the reference for the training-speed target and the
+  cross-check of our merges.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import regex
 
 from llmbook.tokenizers.regex import ENDOFTEXT, GPT4_SPLIT_PATTERN, resolve_pattern
 
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # Word level
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 
-# A word: letters with inner apostrophes ("o'er", "lov'd"), a number, or one punctuation mark.
+# A word: letters with inner apostrophes ("o'er", "lov'd"), a number, or one punctuation
+# mark.
 WORD_PATTERN = r"\p{L}+(?:'\p{L}+)*|\p{N}+|[^\s\p{L}\p{N}]"
 UNK = "<unk>"
 
@@ -51,8 +52,8 @@ class WordLevelTokenizer:
     def train(
         cls, text: str, *, min_count: int = 1, max_size: int | None = None
     ) -> "WordLevelTokenizer":
-        """Words by decreasing frequency (ties alphabetical), those seen at least ``min_count``
-        times."""
+        """Words by decreasing frequency (ties alphabetical), those seen at least
+        ``min_count`` times."""
         if min_count < 1:
             raise ValueError(f"min_count must be at least 1, got {min_count}")
         counts = Counter(regex.findall(WORD_PATTERN, text))
@@ -73,13 +74,14 @@ class WordLevelTokenizer:
         return [self.ids.get(word, 0) for word in self.words(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words joined by single spaces: line breaks, spacing and unknown words are lost."""
+        """Words joined by single spaces: line breaks, spacing and unknown words are
+        lost."""
         return " ".join(self.vocab[i] for i in ids)
 
 
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # SentencePiece
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class SentencePieceConfig:
 
     def __post_init__(self) -> None:
         if self.model_type not in ("bpe", "unigram"):
-            raise ValueError(f"model_type must be 'bpe' or 'unigram', got {self.model_type!r}")
+            raise ValueError(f"model_type must be 'bpe' or 'unigram', "
+                             f"got {self.model_type!r}")
         # <unk> <s> </s>, the byte pieces, and at least one real piece
         minimum = 3 + (256 if self.byte_fallback else 0) + 1
         if self.vocab_size < minimum:
@@ -107,8 +110,8 @@ class SentencePieceConfig:
 
 
 class SentencePieceTokenizer:
-    """A trained SentencePiece model (held as its serialised bytes) with ``encode``/``decode``.
-    """
+    """A trained SentencePiece model (held as its serialised bytes) with
+    ``encode``/``decode``."""
 
     def __init__(self, model: bytes, *, name: str = "sentencepiece") -> None:
         import sentencepiece as spm
@@ -123,11 +126,12 @@ class SentencePieceTokenizer:
     def train(
         cls, documents: Iterable[str], config: SentencePieceConfig
     ) -> "SentencePieceTokenizer":
-        """Train on ``documents`` (for the plays: one speech per document, line breaks inside).
+        """Train on ``documents`` (for the plays: one speech per document, line breaks
+        inside).
 
         SentencePiece calls its training units sentences; ours are speeches of up to a few
-        thousand bytes, so the length limit is raised. Normalisation is off (``identity``) and
-        runs of spaces are kept, so decoding gives back the exact text.
+        thousand bytes, so the length limit is raised. Normalisation is off (``identity``)
+        and runs of spaces are kept, so decoding gives back the exact text.
         """
         import sentencepiece as spm
 
@@ -162,8 +166,8 @@ class SentencePieceTokenizer:
         return [self.processor.id_to_piece(i) for i in ids]
 
     def piece_texts(self, ids: Iterable[int]) -> list[str]:
-        """Each piece's text for display: ``▁`` back to a space, a byte piece ``<0x0A>`` to its
-        character (U+FFFD for a byte of a multi-byte character)."""
+        """Each piece's text for display: ``▁`` back to a space, a byte piece ``<0x0A>`` to
+        its character (U+FFFD for a byte of a multi-byte character)."""
         texts = []
         for i in ids:
             if self.processor.is_byte(i):
@@ -180,9 +184,9 @@ class SentencePieceTokenizer:
         return sum(self.processor.is_byte(i) for i in ids)
 
 
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # HF tokenizers
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 
 
 def train_hf_bpe(
@@ -195,8 +199,8 @@ def train_hf_bpe(
     ``tokenizers.Tokenizer``.
 
     The regex split comes first, then HF's ByteLevel step maps each byte to a printable
-    character (GPT-2's trick: a space shows as ``Ġ``, a line break as ``Ċ``) without splitting
-    again.
+    character (GPT-2's trick: a space shows as ``Ġ``, a line break as ``Ċ``) without
+    splitting again.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -206,7 +210,8 @@ def train_hf_bpe(
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator([texts] if isinstance(texts, str) else texts, trainer)
@@ -222,4 +227,5 @@ def hf_merges(tokenizer) -> list[tuple[bytes, bytes]]:
 
     merges = json.loads(tokenizer.to_str())["model"]["merges"]
     pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
-    return [tuple(bytes(UNICODE_TO_BYTE[c] for c in part) for part in pair) for pair in pairs]
+    return [tuple(bytes(UNICODE_TO_BYTE[c] for c in part) for part in pair)
+            for pair in pairs]

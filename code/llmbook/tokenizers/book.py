@@ -1,18 +1,18 @@
-"""The book's tokenizer and its token files: cached artifacts that every chapter after Chapter
-2 reuses.
+"""The book's tokenizer and its token files: cached artifacts that every chapter after
+Chapter 2 reuses.
 
 :func:`book_tokenizer` trains byte-level BPE on the training plays, with the GPT-4 split
 pattern and one special token, ``<|endoftext|>``, at the vocabulary size of the profile; the
-result is cached on disk keyed by that configuration, the corpus configuration and the source
-of the code that builds it (:func:`llmbook.artifacts.cached_artifact`), so a later chapter gets
-the same tokenizer without retraining.
+result is cached on disk keyed by that configuration, the corpus configuration and the
+source of the code that builds it (:func:`llmbook.artifacts.cached_artifact`), so a later
+chapter gets the same tokenizer without retraining.
 
 :func:`book_token_file` encodes a split into a token file
-(:func:`llmbook.data.write_token_file`). Each play is a document: it is encoded on its own and
-followed by ``<|endoftext|>``, so that a model sees where one play ends and the next begins, as
-GPT-2 was trained. Encoding uses the tiktoken export of the tokenizer (the unit tests prove it
-gives our encoder's ids) because it is faster. :func:`cl100k_token_file` does the same with
-GPT-4's tokenizer, whose ids need 32-bit storage.
+(:func:`llmbook.data.write_token_file`). Each play is a document: it is encoded on its own
+and followed by ``<|endoftext|>``, so that a model sees where one play ends and the next
+begins, as GPT-2 was trained. Encoding uses the tiktoken export of the tokenizer (the unit
+tests prove it gives our encoder's ids) because it is faster. :func:`cl100k_token_file` does
+the same with GPT-4's tokenizer, whose ids need 32-bit storage.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class BookTokenizerConfig:
 
 @dataclass(frozen=True)
 class TokenFileConfig:
-    """What a token file depends on: the tokenizer (a book config or the name of a fixed one)
-    and the split."""
+    """What a token file depends on: the tokenizer (a book config or the name of a fixed
+    one) and the split."""
 
     tokenizer: BookTokenizerConfig | str
     split: str
@@ -75,8 +75,8 @@ def _load_book_tokenizer(config: BookTokenizerConfig) -> Tokenizer:
 
 
 def book_tokenizer(profile: Profile | str) -> Tokenizer:
-    """The book's tokenizer for ``profile`` (trained on first use, then read from the cache).
-    """
+    """The book's tokenizer for ``profile`` (trained on first use, then read from the
+    cache)."""
     return _load_book_tokenizer(book_tokenizer_config(profile))
 
 
@@ -106,8 +106,8 @@ def book_token_file(profile: Profile | str, split: str) -> Path:
 
 
 def cl100k_token_file(split: str) -> Path:
-    """The ``.bin`` token file of ``split`` encoded with GPT-4's ``cl100k_base`` (32-bit ids:
-    100,277 > 65,536)."""
+    """The ``.bin`` token file of ``split`` encoded with GPT-4's ``cl100k_base`` (32-bit
+    ids: 100,277 > 65,536)."""
     data._check_split(split)
     config = TokenFileConfig("cl100k_base", split)
 

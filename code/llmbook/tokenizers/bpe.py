@@ -1,22 +1,22 @@
 """Byte-level BPE, the clear version: training that recounts every pair at every merge.
 
-Chapter 2 builds the tokenizer from this file. A token is a byte string; the vocabulary starts
-with the 256 single bytes (ids 0..255), so any text can be encoded and nothing is ever unknown.
-Training repeats one step: count how often each adjacent pair of tokens occurs in the training
-words, and merge the most frequent pair into a new token, whose id is the next free one (256,
-257, ...). The list of merges *is* the tokenizer.
+Chapter 2 builds the tokenizer from this file. A token is a byte string; the vocabulary
+starts with the 256 single bytes (ids 0..255), so any text can be encoded and nothing is
+ever unknown. Training repeats one step: count how often each adjacent pair of tokens occurs
+in the training words, and merge the most frequent pair into a new token, whose id is the
+next free one (256, 257, ...). The list of merges *is* the tokenizer.
 
-The words come from pre-tokenization (:mod:`llmbook.tokenizers.regex`), each with its count, as
-in the original BPE for machine translation (Sennrich et al., 2016). This trainer recounts all
-pairs of all words at every merge, so a merge costs time proportional to the whole word list;
-:mod:`llmbook.tokenizers.fast` learns the same merges while touching only the words a merge
-changes.
+The words come from pre-tokenization (:mod:`llmbook.tokenizers.regex`), each with its count,
+as in the original BPE for machine translation (Sennrich et al., 2016). This trainer
+recounts all pairs of all words at every merge, so a merge costs time proportional to the
+whole word list; :mod:`llmbook.tokenizers.fast` learns the same merges while touching only
+the words a merge changes.
 
 **Tie-breaking** (documented, so that training is deterministic and the two trainers agree):
-the pair with the highest count wins; among equal counts, the pair ``(left, right)`` with the
-smallest ids in lexicographic order wins, the rule HF ``tokenizers`` uses. A token's id is
-smaller the earlier it was made, so ties go to the pair of the oldest tokens (for two single
-bytes: the smaller bytes).
+the pair with the highest count wins; among equal counts, the pair ``(left, right)`` with
+the smallest ids in lexicographic order wins, the rule HF ``tokenizers`` uses. A token's id
+is smaller the earlier it was made, so ties go to the pair of the oldest tokens (for two
+single bytes: the smaller bytes).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from collections import Counter
 from typing import Callable, Mapping, Sequence
 
 Pair = tuple[int, int]
-OnMerge = Callable[[Pair, int, int], None]  # (pair, new id, count): progress bars, statistics
+# (pair, new id, count): progress bars, statistics
+OnMerge = Callable[[Pair, int, int], None]
 N_BYTES = 256  # ids 0..255 are the single bytes
 
 
@@ -46,7 +47,8 @@ def best_pair(counts: Mapping[Pair, int]) -> Pair:
 
 
 def merge(ids: Sequence[int], pair: Pair, new_id: int) -> list[int]:
-    """Replace every occurrence of ``pair`` in ``ids``, scanning left to right, by ``new_id``.
+    """Replace every occurrence of ``pair`` in ``ids``, scanning left to right, by
+    ``new_id``.
 
     Occurrences cannot overlap: in ``a a a`` the pair ``(a, a)`` is merged once, giving ``aa
     a``.
@@ -68,9 +70,9 @@ def train_naive(
 ) -> list[Pair]:
     """Learn up to ``num_merges`` merges from words (UTF-8 bytes) and their counts.
 
-    Merge ``i`` makes id ``256 + i``. Training stops early when no pair is left (every word is
-    a single token). Each step recounts all pairs: O(total length of the distinct words) per
-    merge. ``on_merge(pair, new_id, count)`` is called after each merge.
+    Merge ``i`` makes id ``256 + i``. Training stops early when no pair is left (every word
+    is a single token). Each step recounts all pairs: O(total length of the distinct words)
+    per merge. ``on_merge(pair, new_id, count)`` is called after each merge.
     """
     if num_merges < 0:
         raise ValueError(f"num_merges must be non-negative, got {num_merges}")
@@ -104,8 +106,9 @@ def encode_with_merges(word: bytes, merges: Sequence[Pair]) -> list[int]:
     repeat.
 
     This is the direct reading of training (a word is split exactly as training would have
-    split it). It is slow, and it needs the merge list; :class:`llmbook.tokenizers.Tokenizer`
-    encodes from token ranks alone, as tiktoken does, and a test checks that both agree.
+    split it). It is slow, and it needs the merge list;
+    :class:`llmbook.tokenizers.Tokenizer` encodes from token ranks alone, as tiktoken does,
+    and a test checks that both agree.
     """
     rank = {pair: N_BYTES + i for i, pair in enumerate(merges)}
     ids = list(word)

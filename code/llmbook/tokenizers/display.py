@@ -1,13 +1,13 @@
 """Showing tokens to people: GPT-2's printable byte alphabet, visible whitespace, and text
 coloured by token.
 
-A token is a byte string, and many are not printable on their own: a space, a line break, half
-of a UTF-8 character. Chapter 2 shows tokens in two ways. In printed output, as Python string
-literals (``' the'``, ``'\\n'``), which survive any font. In figures, with a visible space
-``␣`` and line break ``↵``, each token in a coloured box. HF ``tokenizers`` and GPT-2's files
-use a third way, :data:`BYTE_TO_UNICODE`: every byte is mapped to a printable character (a
-space becomes ``Ġ``, a line break ``Ċ``), which is why those letters fill GPT-2's vocabulary
-file.
+A token is a byte string, and many are not printable on their own: a space, a line break,
+half of a UTF-8 character. Chapter 2 shows tokens in two ways. In printed output, as Python
+string literals (``' the'``, ``'\\n'``), which survive any font. In figures, with a visible
+space ``␣`` and line break ``↵``, each token in a coloured box. HF ``tokenizers`` and
+GPT-2's files use a third way, :data:`BYTE_TO_UNICODE`: every byte is mapped to a printable
+character (a space becomes ``Ġ``, a line break ``Ċ``), which is why those letters fill
+GPT-2's vocabulary file.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Sequence
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from the 256 bytes to printable characters: printable Latin-1 bytes map to
-    themselves, the other 68 (controls, space, soft hyphen...) to the characters from U+0100
-    up, in byte order."""
+    """GPT-2's map from the 256 bytes to printable characters: printable Latin-1 bytes map
+    to themselves, the other 68 (controls, space, soft hyphen...) to the characters from
+    U+0100 up, in byte order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
                  *range(ord("®"), ord("ÿ") + 1)]
     mapping = {b: chr(b) for b in printable}
@@ -56,9 +56,9 @@ Box = tuple[int, int, str, int]  # (column, line, shown text, piece index)
 def layout_tokens(pieces: Sequence[str], width: int = 72) -> tuple[list[Box], int]:
     """Place ``pieces`` (token texts, in order) on a monospace grid of ``width`` columns.
 
-    Returns boxes ``(column, line, shown text, piece index)`` and the number of lines. A piece
-    that does not fit moves to the next line; a line break inside a piece ends the line after
-    its ``↵``.
+    Returns boxes ``(column, line, shown text, piece index)`` and the number of lines. A
+    piece that does not fit moves to the next line; a line break inside a piece ends the
+    line after its ``↵``.
     """
     boxes: list[Box] = []
     column, line = 0, 0
@@ -93,7 +93,8 @@ def draw_tokens(
     fontsize = 72 * axes_width_in / width / MONO_ADVANCE  # one character per grid column
     for column, line, shown, index in boxes:
         ax.add_patch(Rectangle((column, line + 0.08), len(shown), 0.84, linewidth=0.3,
-                               edgecolor="#888888", facecolor=PALETTE[index % len(PALETTE)]))
+                               edgecolor="#888888",
+                               facecolor=PALETTE[index % len(PALETTE)]))
         ax.text(column, line + 0.52, shown, family="DejaVu Sans Mono", fontsize=fontsize,
                 va="center", ha="left")
     if title:

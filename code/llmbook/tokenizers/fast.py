@@ -1,23 +1,24 @@
 """Byte-level BPE training, the fast version: incremental pair counts and a priority queue.
 
-Chapter 2 derives it from :func:`llmbook.tokenizers.bpe.train_naive`, which recounts every pair
-of every word at every merge. Two observations make training fast:
+Chapter 2 derives it from :func:`llmbook.tokenizers.bpe.train_naive`, which recounts every
+pair of every word at every merge. Two observations make training fast:
 
 1. A merge changes only the words that contain the merged pair. So we keep the pair counts
-   between merges, and an index from each pair to the words it occurs in; a merge visits just
-   those words and updates the counts by the difference between each word before and after.
-2. Finding the most frequent pair need not scan all pairs: a binary heap of ``(-count, pair)``
-   entries gives it in O(log P). Counts change after each merge, and a heap cannot update an
-   entry in place, so entries are invalidated lazily: when a count rises, a fresh entry is
-   pushed; when an entry is popped, it is checked against the current count and, if stale,
-   pushed back with the right count (or dropped at zero). The entry that survives the check is
-   the true maximum, ties broken by the smallest pair, exactly as in
-   :func:`~llmbook.tokenizers.bpe.best_pair`, so both trainers learn identical merges (a unit
-   test checks it).
+   between merges, and an index from each pair to the words it occurs in; a merge visits
+   just those words and updates the counts by the difference between each word before and
+   after.
+2. Finding the most frequent pair need not scan all pairs: a binary heap of
+   ``(-count, pair)`` entries gives it in O(log P). Counts change after each merge, and a
+   heap cannot update an entry in place, so entries are invalidated lazily: when a count
+   rises, a fresh entry is pushed; when an entry is popped, it is checked against the
+   current count and, if stale, pushed back with the right count (or dropped at zero). The
+   entry that survives the check is the true maximum, ties broken by the smallest pair,
+   exactly as in :func:`~llmbook.tokenizers.bpe.best_pair`, so both trainers learn identical
+   merges (a unit test checks it).
 
-The word index is lazy too: a word stays listed under a pair after the pair has left it, and is
-skipped when the merge finds nothing to do. On the book's 4 MB of plays this trainer reaches
-8,192 tokens in seconds; the naive one would take over ten minutes.
+The word index is lazy too: a word stays listed under a pair after the pair has left it, and
+is skipped when the merge finds nothing to do. On the book's 4 MB of plays this trainer
+reaches 8,192 tokens in seconds; the naive one would take over ten minutes.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
 def train_fast(
     word_counts: Mapping[bytes, int], num_merges: int, on_merge: OnMerge | None = None
 ) -> list[Pair]:
-    """Same contract and result as :func:`llmbook.tokenizers.bpe.train_naive`, much faster."""
+    """Same contract and result as :func:`llmbook.tokenizers.bpe.train_naive`, much
+    faster."""
     if num_merges < 0:
         raise ValueError(f"num_merges must be non-negative, got {num_merges}")
     words: list[list[int]] = [list(word) for word in word_counts]
@@ -77,7 +79,8 @@ def train_fast(
             word = words[index]
             merged = _merge_word(word, a, b, new_id)
             if len(merged) == len(word):
-                continue  # stale index entry: an earlier merge took the pair out of this word
+                # stale index entry: an earlier merge took the pair out of this word
+                continue
             n = freqs[index]
             for old in zip(word, word[1:]):
                 counts[old] -= n
@@ -104,5 +107,6 @@ def _pop_best(heap: list[tuple[int, Pair]], counts: dict[Pair, int]) -> Pair | N
         if count == -neg_count:
             return pair
         if count > 0:
-            heapq.heappush(heap, (-count, pair))  # the count fell since this entry was pushed
+            # the count fell since this entry was pushed
+            heapq.heappush(heap, (-count, pair))
     return None

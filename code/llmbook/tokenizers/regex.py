@@ -1,17 +1,17 @@
-"""Pre-tokenization: the regular expressions that cut text into words before BPE, and special
-tokens.
+"""Pre-tokenization: the regular expressions that cut text into words before BPE, and
+special tokens.
 
-Chapter 2 explains why byte-level BPE never merges across the whole text: a regex first splits
-it into "words" (a letter run with its leading space, a number, a punctuation run, whitespace),
-and merges happen only inside a word. Without the split, frequent cross-word sequences such as
-``"e t"`` or ``". \\n"`` would become tokens, and ``dog``, ``dog.`` and ``dog!`` would need a
-token each. Special tokens such as ``<|endoftext|>`` are cut out before the regex runs, so they
-are never merged with their neighbours either.
+Chapter 2 explains why byte-level BPE never merges across the whole text: a regex first
+splits it into "words" (a letter run with its leading space, a number, a punctuation run,
+whitespace), and merges happen only inside a word. Without the split, frequent cross-word
+sequences such as ``"e t"`` or ``". \\n"`` would become tokens, and ``dog``, ``dog.`` and
+``dog!`` would need a token each. Special tokens such as ``<|endoftext|>`` are cut out
+before the regex runs, so they are never merged with their neighbours either.
 
 The patterns are tiktoken's, character for character, so that our encoder and a
-``tiktoken.Encoding`` built from our ranks split text identically (a test checks it). Both use
-possessive quantifiers (``++``, ``?+``), which Python's ``regex`` module supports and the
-standard ``re`` module (before Python 3.11) does not.
+``tiktoken.Encoding`` built from our ranks split text identically (a test checks it). Both
+use possessive quantifiers (``++``, ``?+``), which Python's ``regex`` module supports and
+the standard ``re`` module (before Python 3.11) does not.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ GPT2_SPLIT_PATTERN = (
 
 # GPT-4's cl100k_base (2023): case-insensitive contractions; a letter run may take any one
 # leading non-letter, non-digit character except a line break (so "(the" and "\"the" are one
-# word); numbers are cut into groups of at most three digits; punctuation keeps the line breaks
-# that follow it; line breaks are grouped with the spaces before them.
+# word); numbers are cut into groups of at most three digits; punctuation keeps the line
+# breaks that follow it; line breaks are grouped with the spaces before them.
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
     r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
@@ -43,8 +43,8 @@ ENDOFTEXT = "<|endoftext|>"
 
 
 def resolve_pattern(pattern: str) -> str:
-    """A pattern given by name (``"gpt2"``, ``"gpt4"``) or as a regular expression, returned as
-    the expression.
+    """A pattern given by name (``"gpt2"``, ``"gpt4"``) or as a regular expression, returned
+    as the expression.
 
     A string that is not a known name must compile as a ``regex`` pattern; a typo such as
     ``"gpt-4"`` would compile as a literal, so names that look like one of ours are rejected
@@ -68,8 +68,8 @@ def resolve_pattern(pattern: str) -> str:
 
 
 def pretokenize(text: str, pattern: str = GPT4_SPLIT_PATTERN) -> list[str]:
-    """Cut ``text`` into the words BPE works inside. Concatenated, the words give back ``text``
-    exactly."""
+    """Cut ``text`` into the words BPE works inside. Concatenated, the words give back
+    ``text`` exactly."""
     return regex.findall(resolve_pattern(pattern), text)
 
 
@@ -80,9 +80,11 @@ def special_token_regex(special_tokens: Iterable[str]) -> regex.Pattern | None:
     return regex.compile("|".join(regex.escape(t) for t in tokens)) if tokens else None
 
 
-def split_on_special(text: str, special_tokens: Iterable[str]) -> Iterator[tuple[str, bool]]:
-    """Yield ``(segment, is_special)`` in order: the ordinary text between special tokens, and
-    the tokens."""
+def split_on_special(
+    text: str, special_tokens: Iterable[str]
+) -> Iterator[tuple[str, bool]]:
+    """Yield ``(segment, is_special)`` in order: the ordinary text between special tokens,
+    and the tokens."""
     pattern = special_token_regex(special_tokens)
     if pattern is None:
         if text:
@@ -106,10 +108,10 @@ def count_words(
     """How often each word (as UTF-8 bytes) occurs in ``texts``: the only statistics BPE
     training needs.
 
-    Special tokens are cut out first and not counted: they get ids of their own and are never
-    merged. Training counts each distinct word once, with its frequency, instead of walking the
-    whole text at every merge: the 4 MB of training plays hold about a million words but only
-    ~32,000 distinct ones.
+    Special tokens are cut out first and not counted: they get ids of their own and are
+    never merged. Training counts each distinct word once, with its frequency, instead of
+    walking the whole text at every merge: the 4 MB of training plays hold about a million
+    words but only ~32,000 distinct ones.
     """
     compiled = regex.compile(resolve_pattern(pattern))
     specials = list(special_tokens)

@@ -3,20 +3,21 @@ streaming; and training.
 
 Chapter 2 explains each part. A byte-level BPE tokenizer is fully described by three things:
 
-- ``ranks``: every mergeable token (a byte string) and its id, which is also its *rank*: when
-  encoding a word, the adjacent pair whose concatenation has the lowest rank is merged first.
-  For a tokenizer we train, the rank of a merged token is the step at which training learned
-  it, so encoding replays training. Ranks are all a tokenizer needs, which is how GPT-4's
-  ``cl100k_base`` is published: 100,256 byte strings and their ranks, and no merge list. (Its
-  single bytes are *not* ranked 0..255 in byte order: ``!`` is 0.)
+- ``ranks``: every mergeable token (a byte string) and its id, which is also its *rank*:
+  when encoding a word, the adjacent pair whose concatenation has the lowest rank is merged
+  first. For a tokenizer we train, the rank of a merged token is the step at which training
+  learned it, so encoding replays training. Ranks are all a tokenizer needs, which is how
+  GPT-4's ``cl100k_base`` is published: 100,256 byte strings and their ranks, and no merge
+  list. (Its single bytes are *not* ranked 0..255 in byte order: ``!`` is 0.)
 - ``pattern``: the pre-tokenization regex (:mod:`llmbook.tokenizers.regex`).
 - ``special_tokens``: strings such as ``<|endoftext|>`` with ids of their own, outside the
   ranks.
 
-Encoding follows tiktoken exactly, so that our pure-Python encoder and tiktoken's Rust engine
-give the same ids for the same ranks (tests check it on the held-out plays and on adversarial
-text): a word that is a token is that token; otherwise start from single bytes and repeatedly
-merge the lowest-ranked adjacent pair, the leftmost one on ties, one occurrence at a time.
+Encoding follows tiktoken exactly, so that our pure-Python encoder and tiktoken's Rust
+engine give the same ids for the same ranks (tests check it on the held-out plays and on
+adversarial text): a word that is a token is that token; otherwise start from single bytes
+and repeatedly merge the lowest-ranked adjacent pair, the leftmost one on ties, one
+occurrence at a time.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from llmbook.tokenizers.regex import (
     ENDOFTEXT, PATTERNS, check_special_tokens, count_words, resolve_pattern,
 )
 
-LONG_WORD = 128  # bytes; longer words are merged with a heap, in O(n log n) instead of O(n^2)
+LONG_WORD = 128  # bytes; longer words are merged with a heap,
+                 # in O(n log n) instead of O(n^2)
 CACHE_LIMIT = 1 << 16  # words remembered per encode call; bounds the memory of streaming
 
 
 class DisallowedSpecialTokenError(ValueError):
-    """The text contains a special token's string, and the caller did not say how to treat it.
-    """
+    """The text contains a special token's string, and the caller did not say how to
+    treat it."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ class BPEConfig:
 
 
 class Tokenizer:
-    """A byte-level BPE tokenizer: ranks, a split pattern and special tokens; ``merges`` if we
-    trained it."""
+    """A byte-level BPE tokenizer: ranks, a split pattern and special tokens; ``merges`` if
+    we trained it."""
 
     def __init__(
         self,
@@ -99,16 +101,18 @@ class Tokenizer:
     def _check(self) -> None:
         for token, rank in self.ranks.items():
             if not isinstance(token, bytes) or not token:
-                raise TypeError(f"ranks must map non-empty bytes to ids, found key {token!r}")
+                raise TypeError(f"ranks must map non-empty bytes to ids, "
+                                f"found key {token!r}")
             if not isinstance(rank, int) or rank < 0:
-                raise ValueError(f"ranks must be non-negative ints, found {token!r}: {rank!r}")
+                raise ValueError(f"ranks must be non-negative ints, "
+                                 f"found {token!r}: {rank!r}")
         if len(set(self.ranks.values())) != len(self.ranks):
             raise ValueError("ranks are not unique: two tokens share an id")
         missing = [b for b in range(256) if bytes([b]) not in self.ranks]
         if missing:
             raise ValueError(f"ranks lack {len(missing)} single bytes (e.g. "
-                             f"{bytes([missing[0]])!r}): a byte-level tokenizer needs all 256 "
-                             "so that every text can be encoded")
+                             f"{bytes([missing[0]])!r}): a byte-level tokenizer needs all "
+                             "256 so that every text can be encoded")
         check_special_tokens(self.special_tokens)
         clash = set(self.special_tokens.values()) & set(self.ranks.values())
         if clash or len(set(self.special_tokens.values())) != len(self.special_tokens):
@@ -116,9 +120,9 @@ class Tokenizer:
             raise ValueError(f"special token ids must be distinct and outside the ranks; "
                              f"clashing ids: {clashing}")
 
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
     # Construction from training
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
 
     @classmethod
     def from_merges(
@@ -134,17 +138,17 @@ class Tokenizer:
         vocab = bpe.vocab_from_merges(merges)
         ranks = {token: rank for rank, token in enumerate(vocab)}
         if len(ranks) != len(vocab):
-            raise ValueError("the merges produce the same byte string twice; ranks would be "
-                             "ambiguous")
+            raise ValueError("the merges produce the same byte string twice; ranks would "
+                             "be ambiguous")
         specials = {token: len(vocab) + j for j, token in enumerate(special_tokens)}
         return cls(ranks, pattern, specials, name=name, merges=merges)
 
     def truncated(self, vocab_size: int) -> "Tokenizer":
-        """The tokenizer training would have produced with a smaller ``vocab_size`` (its first
-        merges).
+        """The tokenizer training would have produced with a smaller ``vocab_size`` (its
+        first merges).
 
-        BPE is greedy, so training for fewer merges gives exactly a prefix of the merge list:
-        one run at the largest size gives every smaller tokenizer. Special tokens are
+        BPE is greedy, so training for fewer merges gives exactly a prefix of the merge
+        list: one run at the largest size gives every smaller tokenizer. Special tokens are
         renumbered after the kept merges.
         """
         if self.merges is None:
@@ -159,9 +163,9 @@ class Tokenizer:
         return Tokenizer.from_merges(self.merges[:num_merges], self.pattern, specials,
                                      name=f"{self.name}[:{vocab_size}]")
 
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
     # Vocabulary
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
 
     @property
     def n_vocab(self) -> int:
@@ -180,13 +184,13 @@ class Tokenizer:
         return (f"Tokenizer(name={self.name!r}, n_vocab={self.n_vocab}, "
                 f"mergeable={len(self.ranks)}, special={len(self.special_tokens)})")
 
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
     # Encoding
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
 
     def _bpe(self, word: bytes) -> list[int]:
-        """The ids of one pre-tokenized word: the lowest-ranked adjacent pair is merged first,
-        leftmost on ties."""
+        """The ids of one pre-tokenized word: the lowest-ranked adjacent pair is merged
+        first, leftmost on ties."""
         rank = self.ranks.get(word)
         if rank is not None:
             return [rank]  # as in tiktoken: a word that is a token is that token
@@ -211,8 +215,8 @@ class Tokenizer:
         return [ranks[part] for part in parts]
 
     def _bpe_heap(self, word: bytes) -> list[int]:
-        """:meth:`_bpe` for long words, with a heap of ``(rank, start)`` and a linked list of
-        parts.
+        """:meth:`_bpe` for long words, with a heap of ``(rank, start)`` and a linked list
+        of parts.
 
         Same rule and result (lowest rank first, leftmost on ties), in O(n log n) instead of
         O(n^2): a run of 100,000 spaces is a single pre-token, and the quadratic loop would
@@ -222,7 +226,8 @@ class Tokenizer:
         end = list(range(1, n + 1))  # end[i]: where the part starting at byte i ends
         prev = list(range(-1, n - 1))
         alive = [True] * n
-        heap = [(r, i) for i in range(n - 1) if (r := ranks.get(word[i : i + 2])) is not None]
+        heap = [(r, i) for i in range(n - 1)
+                if (r := ranks.get(word[i : i + 2])) is not None]
         heapq.heapify(heap)
         while heap:
             r, i = heapq.heappop(heap)
@@ -255,7 +260,8 @@ class Tokenizer:
         return ids
 
     def _encode_text(self, text: str, cache: dict[str, list[int]]) -> list[int]:
-        """Ordinary text (no special tokens) to ids: split with the pattern, BPE each word."""
+        """Ordinary text (no special tokens) to ids: split with the pattern, BPE each
+        word."""
         ids: list[int] = []
         for word in self._split.findall(text):
             ids.extend(self._encode_word(word, cache))
@@ -293,10 +299,10 @@ class Tokenizer:
         """Encode ``text``, with tiktoken's rules for special tokens.
 
         By default no special token is allowed and all are disallowed: text containing
-        ``<|endoftext|>`` raises :class:`DisallowedSpecialTokenError`, because silently turning
-        user text into a control token is a security problem (prompt injection). Pass
-        ``allowed_special={"<|endoftext|>"}`` (or ``"all"``) to encode it as its special id, or
-        ``disallowed_special=()`` to encode it as ordinary text.
+        ``<|endoftext|>`` raises :class:`DisallowedSpecialTokenError`, because silently
+        turning user text into a control token is a security problem (prompt injection).
+        Pass ``allowed_special={"<|endoftext|>"}`` (or ``"all"``) to encode it as its
+        special id, or ``disallowed_special=()`` to encode it as ordinary text.
         """
         text = _fix_surrogates(_check_text(text))
         allowed, disallowed = self._resolve_special(allowed_special, disallowed_special)
@@ -324,14 +330,15 @@ class Tokenizer:
         allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
         disallowed_special: Literal["all"] | Collection[str] = "all",
     ) -> Iterator[int]:
-        """Encode a stream of text chunks (e.g. the lines of a large file) in bounded memory.
+        """Encode a stream of text chunks (e.g. the lines of a large file) in bounded
+        memory.
 
         Yields exactly the ids of ``encode("".join(chunks))``. A word or a special token may
         straddle two chunks, so the tail that could still change is held back: the last
-        pre-token of the buffer (the next chunk may extend it) and any suffix that could begin
-        a special token. Memory is bounded by the longest pre-token, not by the stream. A
-        disallowed special token raises when it is reached, after the ids before it have been
-        yielded.
+        pre-token of the buffer (the next chunk may extend it) and any suffix that could
+        begin a special token. Memory is bounded by the longest pre-token, not by the
+        stream. A disallowed special token raises when it is reached, after the ids before
+        it have been yielded.
         """
         allowed, disallowed = self._resolve_special(allowed_special, disallowed_special)
         watched = frozenset(allowed | disallowed)
@@ -351,9 +358,9 @@ class Tokenizer:
                 head, buffer, limit = buffer[:done], buffer[done:], limit - done
                 _raise_if_disallowed(head, disallowed)
                 yield from self._encode_segments(head, allowed, cache)
-            # After it, every pre-token but the last is final (the patterns look ahead at most
-            # one character and never behind, so scanning on from here gives the same words as
-            # scanning the whole text).
+            # After it, every pre-token but the last is final (the patterns look ahead at
+            # most one character and never behind, so scanning on from here gives the same
+            # words as scanning the whole text).
             words = list(self._split.finditer(buffer, 0, limit))
             if len(words) > 1:
                 for match in words[:-1]:
@@ -362,9 +369,9 @@ class Tokenizer:
         _raise_if_disallowed(buffer, disallowed)
         yield from self._encode_segments(buffer, allowed, cache)
 
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
     # Decoding
-    # -----------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of ``ids``, concatenated (special tokens as their UTF-8 text)."""
@@ -383,15 +390,15 @@ class Tokenizer:
         return self.decode_bytes(list(ids)).decode("utf-8", errors=errors)
 
 
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 # Helpers
-# ---------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------
 
 
 def _check_text(text: str) -> str:
     if not isinstance(text, str):
-        raise TypeError(f"text to encode must be str, got {type(text).__name__}; decode bytes "
-                        "first (e.g. data.decode('utf-8'))")
+        raise TypeError(f"text to encode must be str, got {type(text).__name__}; "
+                        "decode bytes first (e.g. data.decode('utf-8'))")
     return text
 
 
@@ -410,7 +417,8 @@ _SPECIAL_REGEX_CACHE: dict[frozenset[str], regex.Pattern] = {}
 
 def _special_regex(tokens: frozenset[str]) -> regex.Pattern:
     if tokens not in _SPECIAL_REGEX_CACHE:
-        ordered = sorted(tokens, key=lambda s: (-len(s), s))  # longest first: none hides one
+        # longest first: none hides one
+        ordered = sorted(tokens, key=lambda s: (-len(s), s))
         pattern = "|".join(regex.escape(t) for t in ordered)
         _SPECIAL_REGEX_CACHE[tokens] = regex.compile(pattern)
     return _SPECIAL_REGEX_CACHE[tokens]
@@ -420,15 +428,15 @@ def _raise_if_disallowed(text: str, disallowed: frozenset[str]) -> None:
     if disallowed and (match := _special_regex(disallowed).search(text)):
         raise DisallowedSpecialTokenError(
             f"the text contains the special token {match.group()!r} at character "
-            f"{match.start()}, which is disallowed. To encode it as the special token, pass "
-            f"allowed_special={{{match.group()!r}}} (or 'all'); to encode it as ordinary "
-            "text, pass disallowed_special=() (or a set without it)."
+            f"{match.start()}, which is disallowed. To encode it as the special token, "
+            f"pass allowed_special={{{match.group()!r}}} (or 'all'); to encode it as "
+            "ordinary text, pass disallowed_special=() (or a set without it)."
         )
 
 
 def _special_prefix_len(buffer: str, special_tokens: Collection[str]) -> int:
-    """Length of the longest suffix of ``buffer`` that is a proper prefix of a special token (0
-    if none)."""
+    """Length of the longest suffix of ``buffer`` that is a proper prefix of a special token
+    (0 if none)."""
     longest = 0
     for token in special_tokens:
         for k in range(min(len(token) - 1, len(buffer)), longest, -1):
@@ -448,10 +456,10 @@ def train_bpe(
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer on ``text`` (a string, or an iterable of documents).
 
-    Special tokens appearing in the text split it and are never merged; they get the last ids.
-    If the text runs out of pairs before ``config.vocab_size`` is reached, the vocabulary is
-    smaller (check ``n_vocab``). ``on_merge(pair, new_id, count)`` is called after every merge;
-    ``progress=True`` shows a progress bar.
+    Special tokens appearing in the text split it and are never merged; they get the last
+    ids. If the text runs out of pairs before ``config.vocab_size`` is reached, the
+    vocabulary is smaller (check ``n_vocab``). ``on_merge(pair, new_id, count)`` is called
+    after every merge; ``progress=True`` shows a progress bar.
     """
     word_counts = count_words(text, config.pattern, config.special_tokens)
     train = fast.train_fast if config.trainer == "fast" else bpe.train_naive

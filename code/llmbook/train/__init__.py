@@ -10,7 +10,8 @@ pretrained model. Chapter 5 builds it; Chapters 6 to 8 plug into it.
   model, trained once per profile and cached.
 
 The objective lives in :mod:`llmbook.objectives`, batches in :mod:`llmbook.batches`.
-Outside a notebook: ``python -m llmbook.train --profile cpu`` (``--help`` lists the options).
+Outside a notebook: ``python -m llmbook.train --profile cpu`` (``--help`` lists the
+options).
 """
 
 from llmbook.train.book import book_splits, pretrained_model
@@ -23,4 +24,5 @@ from llmbook.train.pretrained import (Pretrained, PretrainSpec, cached_pretraine
 
 __all__ = ["CheckpointError", "EvalResult", "PretrainSpec", "Pretrained", "TextEvaluator",
            "TokenSplit", "TrainConfig", "Trainer", "book_splits", "cached_pretrained",
-           "evaluate", "finish_run", "load_checkpoint", "load_pretrained", "pretrained_model"]
+           "evaluate", "finish_run", "load_checkpoint", "load_pretrained",
+           "pretrained_model"]

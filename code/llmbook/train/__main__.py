@@ -1,4 +1,5 @@
-"""``python -m llmbook.train``: pretrain the book's GPT from the command line (Chapter 5)."""
+"""``python -m llmbook.train``: pretrain the book's GPT from the command line
+(Chapter 5)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def parse_overrides(pairs: Sequence[str], cls: type) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or key not in types:
-            raise SystemExit(f"overrides take FIELD=VALUE with FIELD one of {sorted(types)}; "
-                             f"got {pair!r}")
+            raise SystemExit(f"overrides take FIELD=VALUE with FIELD one of "
+                             f"{sorted(types)}; got {pair!r}")
         try:
             out[key] = readers[types[key]](text)
         except (KeyError, ValueError):
@@ -55,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m llmbook.train",
         description="Pretrain the book's GPT on Shakespeare (Chapter 5). Without --out, "
                     "train the profile's model into the artifact cache that later chapters "
-                    "read; with --out, a resumable run directory (log.jsonl, checkpoint.pt, "
-                    "model.pt, run.json, summary.json).")
+                    "read; with --out, a resumable run directory (log.jsonl, "
+                    "checkpoint.pt, model.pt, run.json, summary.json).")
     parser.add_argument("--profile", required=True, choices=["cpu", "gpu"])
     parser.add_argument("--out", type=Path,
                         help="run directory (checkpoints, log); omit for the cached model")
@@ -92,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tok, splits = book_splits(profile, args.tokenizer)
     config = TrainConfig.for_profile(profile, vocab_size=tok.n_vocab,
-                                     data=splits["train"].tokens.meta["sha256"], **overrides)
+                                     data=splits["train"].tokens.meta["sha256"],
+                                     **overrides)
     if args.model:
         model = dataclasses.replace(config.model, **parse_overrides(args.model, GPTConfig))
         config = dataclasses.replace(config, model=model)
@@ -101,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if checkpoint.exists() and not args.resume:
         raise SystemExit(f"{checkpoint} exists: pass --resume to continue that run, or "
                          "choose another --out")
-    trainer = Trainer.for_text(config, splits["train"], splits["val"], device=profile.device,
-                               rank=rank, world_size=world_size,
+    trainer = Trainer.for_text(config, splits["train"], splits["val"],
+                               device=profile.device, rank=rank, world_size=world_size,
                                log_path=args.out / LOG_FILE, progress=not args.no_progress)
     if args.resume:
         trainer.resume(checkpoint)

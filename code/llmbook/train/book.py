@@ -1,4 +1,5 @@
-"""The book's data and pretrained model: what later chapters ask for by profile. Chapter 5."""
+"""The book's data and pretrained model: what later chapters ask for by profile.
+Chapter 5."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def book_splits(profile: Profile,
     the plays' text either way, so bits per character compare.
     """
     if not isinstance(profile, Profile):
-        raise TypeError("profile must be a llmbook.profiles.Profile, resolved once where the "
-                        f"chapter or program starts, got {type(profile).__name__}")
+        raise TypeError("profile must be a llmbook.profiles.Profile, resolved once where "
+                        f"the chapter or program starts, got {type(profile).__name__}")
     splits = {}
     if tokenizer == "book":
         from llmbook.tokenizers import book_token_file, book_tokenizer  # Chapter 2
@@ -49,8 +50,8 @@ def pretrained_model(profile: Profile, *, tokenizer: str = "book", progress: boo
     cache.
 
     The cache key covers the model and training settings, the seed, the global batch, the
-    token files' SHA-256 and the source of the code that trains the model, so that any change
-    trains a new model and nothing goes stale. ``settings`` override fields of
+    token files' SHA-256 and the source of the code that trains the model, so that any
+    change trains a new model and nothing goes stale. ``settings`` override fields of
     ``profile.train`` (a different key, a different model).
     """
     tok, splits = book_splits(profile, tokenizer)

@@ -24,8 +24,8 @@ class CheckpointError(RuntimeError):
 
 
 def encode_checkpoint(state: dict) -> bytes:
-    """A checkpoint file: one header line with the format, the version and the SHA-256 of the
-    payload, then the payload, ``torch.save(state)``. The digest catches what the zip
+    """A checkpoint file: one header line with the format, the version and the SHA-256 of
+    the payload, then the payload, ``torch.save(state)``. The digest catches what the zip
     container does not: a flipped bit inside tensor data loads without complaint, as a wrong
     weight."""
     buffer = io.BytesIO()
@@ -51,14 +51,15 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
                               f"version {CHECKPOINT_VERSION}")
     if hashlib.sha256(payload).hexdigest() != fields[2].removeprefix("sha256="):
         raise CheckpointError(f"{path} is corrupt or truncated (its SHA-256 does not match "
-                              "its header); delete it and resume from an earlier checkpoint, "
-                              "or start again")
+                              "its header); delete it and resume from an earlier "
+                              "checkpoint, or start again")
     try:  # weights_only: a checkpoint is data, never code to run
-        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location=map_location,
+                           weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
             zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); it was "
-                              "not written by Trainer.save_checkpoint") from exc
+        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); it "
+                              "was not written by Trainer.save_checkpoint") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an llmbook training checkpoint")
     return state

@@ -36,11 +36,12 @@ class TrainConfig:
     def for_profile(cls, profile: Profile, *, vocab_size: int, data: str = "",
                     **settings: Any) -> TrainConfig:
         """The run a profile describes: its model preset with the tokenizer's vocabulary and
-        the training settings' dropout; ``settings`` override fields of ``profile.train``."""
+        the training settings' dropout; ``settings`` override fields of
+        ``profile.train``."""
         if not isinstance(profile, Profile):
-            raise TypeError("profile must be a llmbook.profiles.Profile, resolved once where "
-                            "the chapter or program starts (llmbook.profiles.start), got "
-                            f"{type(profile).__name__}")
+            raise TypeError("profile must be a llmbook.profiles.Profile, resolved once "
+                            "where the chapter or program starts (llmbook.profiles.start), "
+                            f"got {type(profile).__name__}")
         train = dataclasses.replace(profile.train, **settings)
         model = GPTConfig.preset(profile.model.preset, vocab_size=vocab_size,
                                  dropout=train.dropout)
@@ -63,4 +64,5 @@ class TrainConfig:
         optimizer step over all ``world_size`` processes."""
         if world_size < 1:
             raise ValueError(f"world_size must be positive, got {world_size}")
-        return config_dict(self) | {"global_batch_tokens": self.tokens_per_step * world_size}
+        return config_dict(self) | {"global_batch_tokens":
+                                    self.tokens_per_step * world_size}

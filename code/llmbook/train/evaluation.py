@@ -44,7 +44,8 @@ class TokenSplit:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """The loss of a model on (part of) a split, in nats per token and bits per character."""
+    """The loss of a model on (part of) a split, in nats per token and bits per
+    character."""
 
     split: str
     tokens: int  # targets scored
@@ -95,8 +96,8 @@ def evaluate(model: nn.Module, split: TokenSplit, *, batch_size: int,
 
 class TextEvaluator:
     """The pretraining evaluator: the loss on ``eval_tokens`` of the training and of the
-    held-out text, a quick estimate at each evaluation interval (the final scores read all of
-    it). Returns ``train_loss``, ``train_bpc``, ``val_loss`` and ``val_bpc``."""
+    held-out text, a quick estimate at each evaluation interval (the final scores read all
+    of it). Returns ``train_loss``, ``train_bpc``, ``val_loss`` and ``val_bpc``."""
 
     def __init__(self, train: TokenSplit, val: TokenSplit) -> None:
         self.splits = {"train": train, "val": val}

@@ -1,5 +1,5 @@
-"""The training loop: one loop for every objective. Chapter 5 walks through it; Chapters 6 to
-8 plug into it.
+"""The training loop: one loop for every objective. Chapter 5 walks through it; Chapters 6
+to 8 plug into it.
 
 A :class:`Trainer` is made of a run configuration (:class:`~llmbook.train.TrainConfig`), a
 batch source, an objective and an evaluator:
@@ -96,8 +96,8 @@ class Trainer:
         if model is None:
             model = GPT(config.model)
         elif getattr(model, "config", config.model) != config.model:
-            raise ValueError("the model's config differs from the run's config.model; build "
-                             "the TrainConfig from the model you train")
+            raise ValueError("the model's config differs from the run's config.model; "
+                             "build the TrainConfig from the model you train")
         self.model = model.to(self.device)
         self._rng, self._rng_active = capture_rng(self.device), False
         restore_rng(outer, self.device)
@@ -108,7 +108,8 @@ class Trainer:
         if wrap is not None:
             self.forward = wrap(self.forward)
         self.optimizer = make_optimizer(self.model, lr=s.lr, weight_decay=s.weight_decay,
-                                        betas=(s.beta1, s.beta2), implementation=s.optimizer)
+                                        betas=(s.beta1, s.beta2),
+                                        implementation=s.optimizer)
         self.schedule = WarmupCosine(s.lr, s.min_lr, s.warmup_steps, s.steps)
         self.autocast_dtype = torch.bfloat16 if s.dtype == "bfloat16" else None
         self.flops_per_token = flops_per_token(config.model)
@@ -117,7 +118,8 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.log: list[dict] = []
         self.best: dict | None = None  # {"step", "val_loss", "model"} with keep_best
-        self._pending = {"loss_sum": 0.0, "steps": 0}  # training losses since the last record
+        # training losses since the last record
+        self._pending = {"loss_sum": 0.0, "steps": 0}
         self.timings = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0, "log": 0.0}  # seconds
         self.log_path = Path(log_path) if log_path is not None and rank == 0 else None
         self.progress = progress and rank == 0
@@ -243,7 +245,8 @@ class Trainer:
                 else:
                     clock.lap(self.timings, reset=False)
                 bar.update(1)
-                if self.evaluator is not None and (self.step % s.eval_interval == 0 or last):
+                if (self.evaluator is not None
+                        and (self.step % s.eval_interval == 0 or last)):
                     with self._timed("eval"):
                         self._append(self._eval_record())
                 if checkpoint_path is not None and (self.step == until or (
@@ -281,8 +284,9 @@ class Trainer:
             loss_sum = loss_sum / self.world_size
         loss = float(loss_sum) / self._pending["steps"]
         if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss is {loss} at step {self.step}: the "
-                                     "run diverged; lower the learning rate or check the data")
+            raise FloatingPointError(f"the training loss is {loss} at step {self.step}: "
+                                     "the run diverged; lower the learning rate or check "
+                                     "the data")
         self._pending = {"loss_sum": 0.0, "steps": 0}
         tokens = self.config.tokens_per_step * self.world_size
         tokens_per_s = timed_steps * tokens / max(seconds, 1e-9)
@@ -314,7 +318,8 @@ class Trainer:
                     handle.write(json.dumps(record) + "\n")
 
     def use_best(self) -> None:
-        """Load the weights ``keep_best`` kept: the lowest held-out loss at an evaluation."""
+        """Load the weights ``keep_best`` kept: the lowest held-out loss at an
+        evaluation."""
         if self.best is not None:
             self.model.load_state_dict(self.best["model"])
 
@@ -361,7 +366,8 @@ class Trainer:
         if self._rng_active:
             restore_rng(self._rng, self.device)
         if self.log_path is not None:  # the log continues from the checkpoint's records
-            atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in self.log))
+            atomic_write_text(self.log_path,
+                              "".join(json.dumps(r) + "\n" for r in self.log))
 
 
 class _Clock:

@@ -11,13 +11,15 @@ from typing import Any
 
 import torch
 
-from llmbook.artifacts import atomic_write_bytes, atomic_write_text, cached_artifact, config_dict
+from llmbook.artifacts import (atomic_write_bytes, atomic_write_text, cached_artifact,
+                               config_dict)
 from llmbook.model import GPT
 from llmbook.train.config import TrainConfig
 from llmbook.train.evaluation import TokenSplit
 from llmbook.train.loop import Trainer
 
-MODEL_FILE, LOG_FILE, SUMMARY_FILE, RUN_FILE = "model.pt", "log.jsonl", "summary.json", "run.json"
+MODEL_FILE, LOG_FILE, SUMMARY_FILE, RUN_FILE = ("model.pt", "log.jsonl", "summary.json",
+                                               "run.json")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,8 @@ class PretrainSpec:
 
 @dataclass
 class Pretrained:
-    """A pretrained model with what explains it: its tokenizer, run config, log and scores."""
+    """A pretrained model with what explains it: its tokenizer, run config, log and
+    scores."""
 
     model: GPT
     tokenizer: Any
@@ -61,7 +64,8 @@ def finish_run(trainer: Trainer, splits: dict[str, TokenSplit], out: Path) -> di
         "seconds": trainer.timings,
     }
     for name, result in scores.items():
-        summary |= {f"{name}_loss": result.nats_per_token, f"{name}_bpc": result.bits_per_char,
+        summary |= {f"{name}_loss": result.nats_per_token,
+                    f"{name}_bpc": result.bits_per_char,
                     f"{name}_tokens": result.tokens, f"{name}_chars": splits[name].n_chars}
     if trainer.rank == 0:
         buffer = io.BytesIO()

@@ -23,9 +23,11 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` (matrix multiplies in bfloat16, sensitive reductions in
-    float32), or nothing when ``dtype`` is None. Weights and optimizer state stay float32."""
+def autocast(device_type: str,
+             dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` (matrix multiplies in bfloat16, sensitive reductions
+    in float32), or nothing when ``dtype`` is None. Weights and optimizer state stay
+    float32."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)
