@@ -1,0 +1,165 @@
+"""Chapter 6's data-parallel experiments, as functions that run on every rank.
+
+Each ``*_worker(rank, world_size, ...)`` trains a tiny GPT on its share of the same batches
+and returns its parameters (plus what it measured), for :func:`llmbook.parallel.dist.spawn`;
+:func:`train_reference` trains the same model on the whole batch in one process. The chapter
+and the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+
+from llmbook.model import GPT, GPTConfig
+from llmbook.optim import clip_grad_norm, parameter_groups
+from llmbook.parallel.ddp import DataParallel, apply_fsdp, clip_grad_norm_sharded
+from llmbook.parallel.zero import ZeroAdamW, adamw_state_bytes
+
+# No biases: a key bias gets a zero gradient in exact arithmetic (softmax ignores a constant
+# added to every score) and rounding noise in practice, which Adam blows up to full-size steps
+# of noise; the book's models have none.
+TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, d_model=32, dropout=0.0,
+                 bias=False)
+# lr 1e-3: Adam takes steps of about lr whatever the gradient's size, so an element whose
+# gradient is rounding noise moves by up to lr in a random direction; at 1e-3 such noise
+# stays well under the 1e-6 the tests allow between parallel and single-process runs.
+LR, WEIGHT_DECAY, BATCH, SEQ = 1e-3, 0.1, 4, 16
+
+
+def tiny_gpt(seed: int = 0, config: GPTConfig = TINY) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(config)
+
+
+def batches(steps: int, seed: int = 1234) -> list[tuple[Tensor, Tensor]]:
+    """``steps`` global batches of (inputs, targets), each ``(BATCH, SEQ)``, the same on
+    every rank (each rank then takes its rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, TINY.vocab_size, (steps, BATCH, SEQ + 1), generator=gen)
+    return [(d[:, :-1], d[:, 1:]) for d in data]
+
+
+def my_rows(tensor: Tensor, rank: int, world: int) -> Tensor:
+    """This rank's equal share of the batch's rows."""
+    if tensor.shape[0] % world:
+        raise ValueError(f"batch of {tensor.shape[0]} rows does not split over {world} ranks")
+    return tensor.chunk(world)[rank]
+
+
+def make_adamw(model: nn.Module) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR,
+                             weight_decay=WEIGHT_DECAY)
+
+
+def full_state(model: nn.Module) -> dict[str, Tensor]:
+    """Parameters by name as plain CPU tensors (FSDP's sharded DTensors gathered)."""
+    out = {}
+    for name, p in model.named_parameters():
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[name] = p.detach().clone()
+    return out
+
+
+def train_reference(steps: int, *, seed: int = 0, max_norm: float | None = None, freeze: bool = False,
+                    zero: bool = False) -> tuple[dict[str, Tensor], list[float]]:
+    """One process, the whole batch: the parameters every parallel run must reproduce, and
+    the gradient norm before each step."""
+    model = tiny_gpt(seed)
+    if freeze:
+        model.norm_f.weight.requires_grad_(False)
+    optimizer = make_adamw(model)
+    norms = []
+    for x, y in batches(steps):
+        _, loss = model(x, y)
+        loss.backward()
+        norms.append(float(clip_grad_norm(model.parameters(), max_norm or 1e30)))
+        optimizer.step()
+        optimizer.zero_grad()
+    return full_state(model), norms
+
+
+def ddp_worker(rank: int, world: int, steps: int) -> dict:
+    """Our DataParallel (ranks seeded differently, a frozen norm, small buckets), torch's
+    DistributedDataParallel, and ours with two accumulation micro-batches per step."""
+    results = {}
+    for variant in ("ours", "torch", "accumulate"):
+        model = tiny_gpt(seed=100 + rank)  # a different start on every rank
+        model.norm_f.weight.requires_grad_(False)
+        if variant == "torch":
+            wrapped = nn.parallel.DistributedDataParallel(model)
+        else:
+            wrapped = DataParallel(model, bucket_bytes=16 * 1024)
+        optimizer = make_adamw(model)
+        for x, y in batches(steps):
+            x, y = my_rows(x, rank, world), my_rows(y, rank, world)
+            if variant == "accumulate":
+                (x0, x1), (y0, y1) = x.chunk(2), y.chunk(2)
+                with wrapped.no_sync():
+                    (wrapped(x0, y0)[1] / 2).backward()
+                (wrapped(x1, y1)[1] / 2).backward()
+            else:
+                wrapped(x, y)[1].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        results[variant] = full_state(model)
+        if variant == "ours":
+            results["buckets"] = len(wrapped.buckets)
+            results["overlapped"] = wrapped.overlapped
+            results["frozen_grad_is_none"] = model.norm_f.weight.grad is None
+    return results
+
+
+def zero_worker(rank: int, world: int, steps: int) -> dict:
+    """ZeRO-1: our DataParallel for the gradients, ZeroAdamW for the update."""
+    model = tiny_gpt(0)
+    wrapped = DataParallel(model)
+    optimizer = ZeroAdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR,
+                          weight_decay=WEIGHT_DECAY)
+    for x, y in batches(steps):
+        wrapped(my_rows(x, rank, world), my_rows(y, rank, world))[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    n_params = sum(p.numel() for p in optimizer.params)
+    return {"params": full_state(model), "state_bytes": optimizer.state_bytes(),
+            "predicted_bytes": adamw_state_bytes(n_params, world),
+            "unsharded_bytes": adamw_state_bytes(n_params), "n_params": n_params}
+
+
+def fsdp_worker(rank: int, world: int, steps: int, max_norm: float) -> dict:
+    """FSDP2 on every block and the root, clipping with :func:`clip_grad_norm_sharded`;
+    torch's norm of the same DTensor gradients alongside."""
+    model = apply_fsdp(tiny_gpt(0))
+    optimizer = make_adamw(model)
+    ours, theirs = [], []
+    for x, y in batches(steps):
+        model(my_rows(x, rank, world), my_rows(y, rank, world))[1].backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        torch_norm = torch.nn.utils.get_total_norm(grads)
+        theirs.append(float(torch_norm.full_tensor() if hasattr(torch_norm, "full_tensor")
+                            else torch_norm))
+        ours.append(float(clip_grad_norm_sharded(model.parameters(), max_norm)))
+        optimizer.step()
+        optimizer.zero_grad()
+    sharded = [type(p).__name__ for p in model.parameters()]
+    return {"params": full_state(model), "norms": ours, "torch_norms": theirs,
+            "param_types": sorted(set(sharded)), "world": dist.get_world_size()}
+
+
+def data_parallel_worker(rank: int, world: int, steps: int, zero_steps: int,
+                         max_norm: float) -> dict:
+    """All three experiments in one launch (starting processes costs more than running
+    them): :func:`ddp_worker`, :func:`zero_worker`, :func:`fsdp_worker`."""
+    return {"ddp": ddp_worker(rank, world, steps), "zero": zero_worker(rank, world, zero_steps),
+            "fsdp": fsdp_worker(rank, world, steps, max_norm)}
+
+
+def failing_worker(rank: int, world: int, how: str) -> None:
+    """For testing :func:`~llmbook.parallel.dist.spawn`: rank 1 raises (``"fail"``), or rank
+    0 waits for a message rank 1 never sends (``"hang"``)."""
+    if how == "fail" and rank == 1:
+        raise ValueError("rank 1 fails on purpose")
+    if how == "hang" and rank == 0:
+        dist.recv(torch.zeros(1), src=1)
