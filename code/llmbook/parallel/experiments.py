@@ -1,4 +1,4 @@
-"""Chapter 6's data-parallel experiments, as functions that run on every rank.
+"""Chapter 6's parallel experiments, as functions that run on every rank.
 
 Each ``*_worker(rank, world_size, ...)`` trains a tiny GPT on its share of the same batches
 and returns its parameters (plus what it measured), for :func:`llmbook.parallel.dist.spawn`;
@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
+from llmbook.attention import CausalSelfAttention
+from llmbook.layers import MLP, GatedMLP, RotaryEmbedding
 from llmbook.model import GPT, GPTConfig
 from llmbook.optim import clip_grad_norm, parameter_groups
 from llmbook.parallel.ddp import DataParallel, apply_fsdp, clip_grad_norm_sharded
@@ -163,3 +165,81 @@ def failing_worker(rank: int, world: int, how: str) -> None:
         raise ValueError("rank 1 fails on purpose")
     if how == "hang" and rank == 0:
         dist.recv(torch.zeros(1), src=1)
+
+
+# -----------------------------------------------------------------------------------------
+# Tensor parallelism: one MLP, one gated MLP, one attention block, split over the ranks
+
+TP_CASES = ("mlp", "gated", "attention")
+
+
+def tp_case(case: str) -> tuple[nn.Module, nn.Module | None]:
+    """The single-process module of ``case`` (the same on every rank: a fixed seed) and the
+    rotary embedding it is called with (attention only: grouped heads, biases, RoPE)."""
+    torch.manual_seed(7)
+    if case == "mlp":
+        return MLP(32, 64, "gelu", bias=True), None
+    if case == "gated":
+        return GatedMLP(32, 48, "swiglu", bias=True), None
+    if case == "attention":
+        return CausalSelfAttention(32, 4, 2, bias=True), RotaryEmbedding(8, SEQ)
+    raise ValueError(f"unknown case {case!r}; choose one of {TP_CASES}")
+
+
+def tp_inputs() -> tuple[Tensor, Tensor]:
+    """An input ``(2, SEQ, 32)`` and the gradient ``dL/dy`` to send back through it."""
+    gen = torch.Generator().manual_seed(8)
+    return torch.randn(2, SEQ, 32, generator=gen), torch.randn(2, SEQ, 32, generator=gen)
+
+
+def tp_shard_spec(module: nn.Module) -> dict[str, tuple[list[int] | None, int | None]]:
+    """For each parameter of the tensor-parallel version of ``module``: how to cut the
+    single-process parameter of the same name, ``(parts, dim)``; ``dim`` None: whole."""
+    if isinstance(module, CausalSelfAttention):
+        column, hd = "qkv", module.head_dim
+        parts = [module.n_heads * hd, module.n_kv_heads * hd, module.n_kv_heads * hd]
+    else:
+        column = "fc"
+        d_ff = module.proj.in_features
+        parts = [d_ff, d_ff] if isinstance(module, GatedMLP) else None
+    return {f"{column}.weight": (parts, 0), f"{column}.bias": (parts, 0),
+            "proj.weight": (None, 1), "proj.bias": (None, None)}
+
+
+def _run_block(block: nn.Module, rotary: nn.Module | None) -> dict:
+    x, dy = tp_inputs()
+    x.requires_grad_()
+    y = block(x) if rotary is None else block(x, rotary=rotary)
+    (y * dy).sum().backward()
+    grads = {}
+    for name, p in block.named_parameters():
+        g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+        grads[name] = g.detach().clone()
+    return {"y": y.detach().clone(), "x_grad": x.grad.clone(), "grads": grads}
+
+
+def tensor_parallel_worker(rank: int, world: int) -> dict:
+    """Each case split from scratch and with ``parallelize_module``; plus the gated MLP
+    split naively (one contiguous cut of the fused ``[gate|up]``), to show why not."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from llmbook.parallel import tensor as tp
+
+    mesh = init_device_mesh("cpu", (world,))
+    out = {}
+    for case in TP_CASES:
+        module, rotary = tp_case(case)
+        if case == "attention":
+            scratch = tp.TensorParallelAttention.from_attention(module)
+            library = tp.parallelize_attention(module, mesh)
+        else:
+            scratch = tp.TensorParallelMLP.from_mlp(module)
+            library = tp.parallelize_mlp(module, mesh)
+        out[case, "scratch"] = _run_block(scratch, rotary)
+        out[case, "torch"] = _run_block(library, rotary)
+    module, _ = tp_case("gated")
+    naive = tp.TensorParallelMLP(tp.ColumnParallelLinear.from_linear(module.fc),
+                                 tp.RowParallelLinear.from_linear(module.proj),
+                                 "swiglu", gated=True)
+    out["gated", "naive"] = _run_block(naive, None)
+    return out
