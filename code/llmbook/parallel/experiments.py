@@ -243,3 +243,23 @@ def tensor_parallel_worker(rank: int, world: int) -> dict:
                                  "swiglu", gated=True)
     out["gated", "naive"] = _run_block(naive, None)
     return out
+
+
+# -----------------------------------------------------------------------------------------
+# Pipeline parallelism: the tiny GPT cut in two
+
+
+def pipeline_worker(rank: int, world: int, runs: list[tuple[str, int]]) -> dict:
+    """For each ``(schedule, n_micro)``: this rank's stage of the tiny GPT runs one step on
+    the first batch; returns the loss (last stage), the stage's gradients and its peak of
+    held micro-batches."""
+    from llmbook.parallel.pipeline import PipelineStage, run_pipeline
+
+    out = {}
+    x, y = batches(1)[0]
+    for schedule, n_micro in runs:
+        stage = PipelineStage(tiny_gpt(0), rank, world)
+        loss, peak = run_pipeline(stage, x, y, n_micro, schedule)
+        grads = {n: g.detach().clone() for n, g in stage.gradients().items()}
+        out[schedule, n_micro] = {"loss": loss, "grads": grads, "peak": peak}
+    return out
