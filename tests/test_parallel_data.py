@@ -1,13 +1,13 @@
-"""Tests for data parallelism (Chapter 6): our DataParallel against one process and against
-torch's DistributedDataParallel, ZeRO-1 against AdamW, FSDP2 and sharded clipping, on 2 gloo
-processes. One spawn per experiment (starting processes costs seconds; training them costs
-milliseconds), shared by the tests that read its results."""
+"""Tests for data parallelism (Chapter 6): our DataParallel against one process and
+against torch's DistributedDataParallel, ZeRO-1 against AdamW, FSDP2 and sharded
+clipping, on 2 gloo processes. One spawn per experiment (starting processes costs
+seconds; training them costs milliseconds), shared by the tests that read its results.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
 from llmbook.parallel import experiments
 from llmbook.parallel.dist import spawn
 from llmbook.parallel.zero import adamw_state_bytes
@@ -17,15 +17,26 @@ WORLD, STEPS, ZERO_STEPS, MAX_NORM = 2, 3, 10, 0.5
 
 def assert_same_params(actual: dict, expected: dict, atol: float) -> None:
     assert actual.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=atol,
-                                   msg=lambda m, n=name: f"{n}: {m}")
+    for name, value in expected.items():
+        torch.testing.assert_close(
+            actual[name],
+            value,
+            rtol=0,
+            atol=atol,
+            msg=lambda m, n=name: f"{n}: {m}",
+        )
 
 
 @pytest.fixture(scope="module")
 def results():
-    return spawn(experiments.data_parallel_worker, WORLD, STEPS, ZERO_STEPS, MAX_NORM,
-                 timeout=180)
+    return spawn(
+        experiments.data_parallel_worker,
+        WORLD,
+        STEPS,
+        ZERO_STEPS,
+        MAX_NORM,
+        timeout=180,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +46,8 @@ def ddp_results(results):
 
 @pytest.mark.parametrize("variant", ["ours", "torch", "accumulate"])
 def test_data_parallel_equals_one_process_on_the_whole_batch(ddp_results, variant):
-    # Rank r starts from seed 100 + r; the broadcast makes rank 0's seed 100 win. The frozen
-    # norm gain takes no part. 1e-6: the same float32 sums in another order.
+    # Rank r starts from seed 100 + r; the broadcast makes rank 0's seed 100 win. The
+    # frozen norm gain takes no part. 1e-6: the same float32 sums in another order.
     reference, _ = experiments.train_reference(STEPS, seed=100, freeze=True)
     untrained = experiments.tiny_gpt(100).norm_f.weight
     for rank in range(WORLD):
@@ -47,13 +58,15 @@ def test_data_parallel_equals_one_process_on_the_whole_batch(ddp_results, varian
 
 def test_ours_equals_torch_ddp(ddp_results):
     for rank in range(WORLD):
-        assert_same_params(ddp_results[rank]["ours"], ddp_results[rank]["torch"], atol=1e-6)
+        assert_same_params(
+            ddp_results[rank]["ours"], ddp_results[rank]["torch"], atol=1e-6
+        )
 
 
 def test_buckets_overlap_backward_and_skip_frozen_parameters(ddp_results):
-    # 16 KiB buckets over a 0.03 MB model: several buckets, all but the last sent from hooks
-    # while backward was still running (the last one fills with the first layer's gradient,
-    # which autograd produces last, so it too goes from a hook).
+    # 16 KiB buckets over a 0.03 MB model: several buckets, all but the last sent from
+    # hooks while backward was still running (the last one fills with the first layer's
+    # gradient, which autograd produces last, so it too goes from a hook).
     for result in ddp_results:
         assert result["buckets"] >= 2
         assert result["overlapped"] == result["buckets"]
@@ -66,10 +79,13 @@ def test_zero1_equals_unsharded_adamw(results):
     for result in results:
         assert_same_params(result["params"], reference, atol=1e-6)
         assert result["state_bytes"] == result["predicted_bytes"]
-        assert result["state_bytes"] * WORLD == pytest.approx(result["unsharded_bytes"],
-                                                               abs=8 * WORLD)
-    print(f"ZeRO-1 AdamW state per rank: {results[0]['state_bytes']} bytes of "
-          f"{results[0]['unsharded_bytes']} unsharded ({results[0]['n_params']} params)")
+        assert result["state_bytes"] * WORLD == pytest.approx(
+            result["unsharded_bytes"], abs=8 * WORLD
+        )
+    print(
+        f"ZeRO-1 AdamW state per rank: {results[0]['state_bytes']} bytes of "
+        f"{results[0]['unsharded_bytes']} unsharded ({results[0]['n_params']} params)"
+    )
 
 
 def test_fsdp2_and_sharded_clipping_equal_one_process(results):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch.distributed as dist
-
 from llmbook.parallel import experiments
 from llmbook.parallel.dist import free_port, print0, rank, spawn, world_size
 

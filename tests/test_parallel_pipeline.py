@@ -1,6 +1,6 @@
-"""Tests for pipeline parallelism (Chapter 6): GPipe and 1F1B simulated (the bubble formula,
-exactly; 1F1B's activation memory), and a two-stage GPT on 2 gloo processes against the
-single-process loss and gradients."""
+"""Tests for pipeline parallelism (Chapter 6): GPipe and 1F1B simulated (the bubble
+formula, exactly; 1F1B's activation memory), and a two-stage GPT on 2 gloo processes
+against the single-process loss and gradients."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from fractions import Fraction
 
 import pytest
 import torch
-
 from llmbook.parallel import experiments
 from llmbook.parallel.dist import spawn
-from llmbook.parallel.pipeline import (bubble_fraction, gpipe_bubble, one_f_one_b_order,
-                                       peak_activations, simulate, timeline)
+from llmbook.parallel.pipeline import (
+    bubble_fraction,
+    gpipe_bubble,
+    one_f_one_b_order,
+    peak_activations,
+    simulate,
+    timeline,
+)
 
 SIZES = [(1, 1), (2, 1), (2, 4), (3, 5), (4, 4), (4, 8), (8, 3), (5, 16)]
 RUNS = [("gpipe", 2), ("gpipe", 4), ("1f1b", 4)]
@@ -35,14 +40,28 @@ def test_1f1b_has_the_same_bubble_and_holds_at_most_p_minus_s(p, m):
 
 
 def test_schedules_by_hand():
-    assert one_f_one_b_order(2, 3, 0) == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1),
-                                          ("B", 2)]
-    assert one_f_one_b_order(2, 3, 1) == [("F", 0), ("B", 0), ("F", 1), ("B", 1), ("F", 2),
-                                          ("B", 2)]
+    assert one_f_one_b_order(2, 3, 0) == [
+        ("F", 0),
+        ("F", 1),
+        ("B", 0),
+        ("F", 2),
+        ("B", 1),
+        ("B", 2),
+    ]
+    assert one_f_one_b_order(2, 3, 1) == [
+        ("F", 0),
+        ("B", 0),
+        ("F", 1),
+        ("B", 1),
+        ("F", 2),
+        ("B", 2),
+    ]
     text = timeline(simulate("gpipe", 2, 2, forward_time=1, backward_time=1))
     # stage 1 starts a step late; stage 0's backwards wait for stage 1's
-    assert text.splitlines() == ["stage 0: F0 F1 .. .. B1 B0",
-                                 "stage 1: .. F0 F1 B1 B0 .."]
+    assert text.splitlines() == [
+        "stage 0: F0 F1 .. .. B1 B0",
+        "stage 1: .. F0 F1 B1 B0 ..",
+    ]
     with pytest.raises(ValueError, match="unknown schedule"):
         simulate("zigzag", 2, 2)
     with pytest.raises(ValueError, match="outside"):
@@ -74,8 +93,9 @@ def test_two_stage_pipeline_equals_one_process(results, run):
     for result in (first, last):
         for name, grad in result["grads"].items():
             # 1e-6: micro-batch gradients added one by one instead of in one matmul
-            torch.testing.assert_close(grad, grads[name], rtol=0, atol=1e-6,
-                                       msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(
+                grad, grads[name], rtol=0, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            )
     schedule, m = run
     expected_peak = peak_activations(simulate(schedule, 2, m))
     assert [first["peak"], last["peak"]] == expected_peak

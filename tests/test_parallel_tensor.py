@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from llmbook.parallel import experiments
 from llmbook.parallel.dist import spawn
 from llmbook.parallel.tensor import shard_parts
@@ -43,9 +42,16 @@ def test_tensor_parallel_block_equals_single_process(results, case, path):
         assert got["grads"].keys() == spec.keys()
         for name, (parts, dim) in spec.items():
             full = grads[name]
-            expected = full if dim is None else shard_parts(full, parts, dim, rank, WORLD)
-            torch.testing.assert_close(got["grads"][name], expected, rtol=0, atol=1e-5,
-                                       msg=lambda m, n=name: f"{n}: {m}")
+            expected = (
+                full if dim is None else shard_parts(full, parts, dim, rank, WORLD)
+            )
+            torch.testing.assert_close(
+                got["grads"][name],
+                expected,
+                rtol=0,
+                atol=1e-5,
+                msg=lambda m, n=name: f"{n}: {m}",
+            )
 
 
 def test_splitting_a_fused_gate_up_weight_in_one_cut_is_wrong(results):

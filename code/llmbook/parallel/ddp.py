@@ -1,67 +1,86 @@
-"""Data parallelism: every rank holds the whole model, sees its own slice of the batch, and
-the ranks average their gradients before each optimizer step. Chapter 6.
+"""Data parallelism: every rank holds the whole model, sees its own slice of the batch,
+and the ranks average their gradients before each optimizer step. Chapter 6.
 
-:class:`DataParallel` is the from-scratch version of ``torch.nn.parallel.
-DistributedDataParallel``: parameters broadcast from rank 0 at construction, gradients
-all-reduced in buckets while the backward pass is still running, ``no_sync`` for
-accumulation micro-batches. :func:`apply_fsdp` is the production path for models that do not
-fit on one device (FSDP2's ``fully_shard``), and :func:`clip_grad_norm_sharded` clips
-gradients whose pieces live on different ranks.
+:class:`DataParallel` is the from-scratch version of
+``torch.nn.parallel.DistributedDataParallel``: parameters broadcast from rank 0 at
+construction, gradients all-reduced in buckets while the backward pass is still running,
+``no_sync`` for accumulation micro-batches. :func:`apply_fsdp` is the production path
+for models that do not fit on one device (FSDP2's ``fully_shard``), and
+:func:`clip_grad_norm_sharded` clips gradients whose pieces live on different ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 REDUCTIONS = ("mean", "sum")
 
 
 class _Bucket:
-    """Parameters whose gradients travel in one all-reduce, and one flat buffer for them."""
+    """Parameters whose gradients travel in one all-reduce, and one flat buffer for
+    them."""
 
     def __init__(self, params: list[nn.Parameter]):
         self.params = params
-        self.buffer = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype,
-                                  device=params[0].device)
+        self.buffer = torch.empty(
+            sum(p.numel() for p in params),
+            dtype=params[0].dtype,
+            device=params[0].device,
+        )
         self.ready: set[int] = set()
         self.work: dist.Work | None = None
 
 
 class DataParallel(nn.Module):
-    """Wrap ``module`` for data-parallel training on the default process group. Chapter 6.
+    """Wrap ``module`` for data-parallel training on the default process group.
+    Chapter 6.
 
-    * **Same start.** Parameters and buffers are broadcast from rank 0 at construction, so
-      ranks may build the model from different seeds.
-    * **Buckets.** Gradients are grouped, in the reverse order of ``module.parameters()``
-      (roughly the order backward produces them), into buckets of about ``bucket_bytes``;
-      one all-reduce per bucket costs one latency instead of one per tensor.
-    * **Overlap.** A hook on each parameter (``register_post_accumulate_grad_hook``) marks
-      its gradient ready; a full bucket starts its all-reduce asynchronously while backward
-      goes on computing earlier layers. The backward pass ends by waiting for them all.
-    * **Left alone.** Parameters with ``requires_grad=False`` get no hook and no all-reduce.
-    * **Tied weights** (GPT's ``tok_emb``/``lm_head``) are one ``Parameter`` reached twice:
-      it is bucketed once, and autograd sums both uses into its gradient before the hook.
-    * ``reduction="mean"`` gives the gradient of the mean loss over the global batch when
-      every rank's loss is a mean over an equal share; ``"sum"`` adds the ranks' gradients.
+    * **Same start.** Parameters and buffers are broadcast from rank 0 at construction,
+      so ranks may build the model from different seeds.
+    * **Buckets.** Gradients are grouped, in the reverse order of
+      ``module.parameters()`` (roughly the order backward produces them), into buckets
+      of about ``bucket_bytes``; one all-reduce per bucket costs one latency instead of
+      one per tensor.
+    * **Overlap.** A hook on each parameter (``register_post_accumulate_grad_hook``)
+      marks its gradient ready; a full bucket starts its all-reduce asynchronously while
+      backward goes on computing earlier layers. The backward pass ends by waiting for
+      them all.
+    * **Left alone.** Parameters with ``requires_grad=False`` get no hook and no
+      all-reduce.
+    * **Tied weights** (GPT's ``tok_emb``/``lm_head``) are one ``Parameter`` reached
+      twice: it is bucketed once, and autograd sums both uses into its gradient before
+      the hook.
+    * ``reduction="mean"`` gives the gradient of the mean loss over the global batch
+      when every rank's loss is a mean over an equal share; ``"sum"`` adds the ranks'
+      gradients.
     * A parameter that got no gradient on this backward is reduced as zeros (every rank
       must take part in every all-reduce), and gets that gradient.
     """
 
-    def __init__(self, module: nn.Module, *, bucket_bytes: int = 25 * 2**20,
-                 reduction: str = "mean", broadcast: bool = True):
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        bucket_bytes: int = 25 * 2**20,
+        reduction: str = "mean",
+        broadcast: bool = True,
+    ):
         super().__init__()
         if not dist.is_initialized():
-            raise RuntimeError("DataParallel needs a process group: call "
-                               "torch.distributed.init_process_group first (or use "
-                               "llmbook.parallel.dist.spawn / torchrun)")
+            raise RuntimeError(
+                "DataParallel needs a process group: call "
+                "torch.distributed.init_process_group first (or use "
+                "llmbook.parallel.dist.spawn / torchrun)"
+            )
         if reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+            raise ValueError(
+                f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}"
+            )
         if bucket_bytes < 1:
             raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
         self.module = module
@@ -74,7 +93,9 @@ class DataParallel(nn.Module):
             with torch.no_grad():
                 for tensor in module.state_dict(keep_vars=True).values():
                     dist.broadcast(tensor.data, src=0)
-        unique = list({id(p): p for p in module.parameters() if p.requires_grad}.values())
+        unique = list(
+            {id(p): p for p in module.parameters() if p.requires_grad}.values()
+        )
         self.buckets = self._make_buckets(unique[::-1], bucket_bytes)
         self._bucket_of: dict[int, _Bucket] = {}
         for bucket in self.buckets:
@@ -87,7 +108,9 @@ class DataParallel(nn.Module):
         buckets, current, size = [], [], 0
         for p in params:
             nbytes = p.numel() * p.element_size()
-            if current and (size + nbytes > bucket_bytes or p.dtype != current[0].dtype):
+            if current and (
+                size + nbytes > bucket_bytes or p.dtype != current[0].dtype
+            ):
                 buckets.append(_Bucket(current))
                 current, size = [], 0
             current.append(p)
@@ -101,9 +124,10 @@ class DataParallel(nn.Module):
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
-        """Backward passes inside accumulate gradients locally, with no communication; the
-        first synchronised backward after reduces the accumulated sum (gradient
-        accumulation over micro-batches pays for one all-reduce, not one per micro-batch)."""
+        """Backward passes inside accumulate gradients locally, with no communication;
+        the first synchronised backward after reduces the accumulated sum (gradient
+        accumulation over micro-batches pays for one all-reduce, not one per
+        micro-batch)."""
         previous, self._sync = self._sync, False
         try:
             yield
@@ -133,12 +157,17 @@ class DataParallel(nn.Module):
             else:
                 chunk.copy_(p.grad.reshape(-1))
             offset += n
-        if self.reduction == "mean":  # divide first: the sum of N gradients cannot overflow
+        if (
+            self.reduction == "mean"
+        ):  # divide first: the sum of N gradients cannot overflow
             bucket.buffer.div_(self.world_size)
-        bucket.work = dist.all_reduce(bucket.buffer, op=dist.ReduceOp.SUM, async_op=True)
+        bucket.work = dist.all_reduce(
+            bucket.buffer, op=dist.ReduceOp.SUM, async_op=True
+        )
 
     def _finish(self) -> None:
-        """After backward: reduce buckets that never filled, wait, copy back the results."""
+        """After backward: reduce buckets that never filled, wait, copy back the
+        results."""
         self._callback_queued = False
         for bucket in self.buckets:
             if bucket.work is None:
@@ -158,15 +187,17 @@ class DataParallel(nn.Module):
             bucket.ready.clear()
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # FSDP2: the production path
 
 
-def apply_fsdp(model: nn.Module, mesh=None, *, reshard_after_forward: bool = True,
-               mp_policy=None) -> nn.Module:
+def apply_fsdp(
+    model: nn.Module, mesh=None, *, reshard_after_forward: bool = True, mp_policy=None
+) -> nn.Module:
     """Shard ``model`` (a :class:`llmbook.model.GPT`) with FSDP2: each block is one unit
-    (its parameters gathered just before it runs and freed after), then the root takes what
-    is left (embeddings, final norm, head; the tied head stays one parameter). Chapter 6.
+    (its parameters gathered just before it runs and freed after), then the root takes
+    what is left (embeddings, final norm, head; the tied head stays one parameter).
+    Chapter 6.
 
     ``mesh`` defaults to all ranks of the default group on the model's device type;
     ``mp_policy`` is an ``torch.distributed.fsdp.MixedPrecisionPolicy`` for bf16.
@@ -175,28 +206,37 @@ def apply_fsdp(model: nn.Module, mesh=None, *, reshard_after_forward: bool = Tru
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not hasattr(model, "blocks"):
-        raise TypeError(f"apply_fsdp expects a model with .blocks (a GPT), got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"apply_fsdp expects a model with .blocks (a GPT), got "
+            f"{type(model).__name__}"
+        )
     if mesh is None:
         device_type = next(model.parameters()).device.type
         mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    kwargs = dict(mesh=mesh, reshard_after_forward=reshard_after_forward,
-                  mp_policy=mp_policy or MixedPrecisionPolicy())
+    kwargs = {
+        "mesh": mesh,
+        "reshard_after_forward": reshard_after_forward,
+        "mp_policy": mp_policy or MixedPrecisionPolicy(),
+    }
     for block in model.blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
 
 
-def clip_grad_norm_sharded(parameters: Iterable[Tensor], max_norm: float,
-                           group: dist.ProcessGroup | None = None) -> Tensor:
+def clip_grad_norm_sharded(
+    parameters: Iterable[Tensor],
+    max_norm: float,
+    group: dist.ProcessGroup | None = None,
+) -> Tensor:
     """Clip gradients to a global L2 norm of ``max_norm`` when some are sharded across
     ranks (FSDP's DTensor gradients); return the norm before clipping. Chapter 6.
 
-    Each rank holds a piece of every sharded gradient, so the squared norm is the sum of the
-    pieces' squares over ranks: add them locally, all-reduce once. A gradient that is not
-    sharded (a plain tensor, the same on every rank) is counted once, not once per rank.
-    The scale ``max_norm / (norm + 1e-6)``, capped at 1, is ``clip_grad_norm_``'s.
+    Each rank holds a piece of every sharded gradient, so the squared norm is the sum of
+    the pieces' squares over ranks: add them locally, all-reduce once. A gradient that
+    is not sharded (a plain tensor, the same on every rank) is counted once, not once
+    per rank. The scale ``max_norm / (norm + 1e-6)``, capped at 1, is
+    ``clip_grad_norm_``'s.
     """
     from torch.distributed.tensor import DTensor
 
@@ -209,9 +249,11 @@ def clip_grad_norm_sharded(parameters: Iterable[Tensor], max_norm: float,
     for g in grads:
         if isinstance(g, DTensor):
             if any(not placement.is_shard() for placement in g.placements):
-                raise ValueError("clip_grad_norm_sharded handles Shard placements on a "
-                                 f"1-D mesh, got {g.placements}; use "
-                                 "torch.nn.utils.clip_grad_norm_ for other layouts")
+                raise ValueError(
+                    "clip_grad_norm_sharded handles Shard placements on a "
+                    f"1-D mesh, got {g.placements}; use "
+                    "torch.nn.utils.clip_grad_norm_ for other layouts"
+                )
             local = g.to_local()
             sharded += local.detach().double().pow(2).sum().cpu()
         else:

@@ -1,14 +1,14 @@
-"""Process groups for Chapter 6: a free port, N gloo workers started from Python, rank-0-only
-printing.
+"""Process groups for Chapter 6: a free port, N gloo workers started from Python,
+rank-0-only printing.
 
 :func:`spawn` is how the book's notebooks and tests run a function on several processes
-without ``torchrun``: it picks a free port, starts ``world_size`` processes that join one gloo
-process group, runs ``fn(rank, world_size, *args)`` in each and returns what every rank
-returned. A collective that hangs (one rank waiting for a partner that died or never calls)
-fails after ``timeout`` seconds instead of hanging the caller.
+without ``torchrun``: it picks a free port, starts ``world_size`` processes that join
+one gloo process group, runs ``fn(rank, world_size, *args)`` in each and returns what
+every rank returned. A collective that hangs (one rank waiting for a partner that died
+or never calls) fails after ``timeout`` seconds instead of hanging the caller.
 
-``fn`` must be importable (a module-level function in a package): the ``spawn`` start method
-pickles it by reference.
+``fn`` must be importable (a module-level function in a package): the ``spawn`` start
+method pickles it by reference.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,8 +32,8 @@ import torch.multiprocessing as mp
 def free_port() -> int:
     """A TCP port nobody is listening on now: the OS picks one when we bind to port 0.
 
-    Another process could take it between now and our use; on one machine that is rare, and
-    far better than a fixed port, which makes two runs at once collide every time.
+    Another process could take it between now and our use; on one machine that is rare,
+    and far better than a fixed port, which makes two runs at once collide every time.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,15 +63,28 @@ def _write_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _worker(local_rank: int, fn: Callable, world: int, port: int, timeout: float,
-            out_dir: str, args: tuple) -> None:
+def _worker(
+    local_rank: int,
+    fn: Callable,
+    world: int,
+    port: int,
+    timeout: float,
+    out_dir: str,
+    args: tuple,
+) -> None:
     """The body of each spawned process: join the group, run ``fn``, save its result."""
-    torch.set_num_threads(1)  # N processes share the cores; one thread each avoids thrashing
+    torch.set_num_threads(
+        1
+    )  # N processes share the cores; one thread each avoids thrashing
     out = Path(out_dir) / f"rank{local_rank}.pkl"
     try:
         dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=local_rank,
-            world_size=world, timeout=datetime.timedelta(seconds=timeout))
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=local_rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
         try:
             result = fn(local_rank, world, *args)
         finally:
@@ -81,10 +95,12 @@ def _worker(local_rank: int, fn: Callable, world: int, port: int, timeout: float
         raise
 
 
-def spawn(fn: Callable, world_size: int = 2, *args: Any, timeout: float = 60.0) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo processes; return the list
-    of their results, rank 0 first. Results travel back by pickle, so keep them to tensors
-    (on the CPU) and plain Python values.
+def spawn(
+    fn: Callable, world_size: int = 2, *args: Any, timeout: float = 60.0
+) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo processes; return the
+    list of their results, rank 0 first. Results travel back by pickle, so keep them to
+    tensors (on the CPU) and plain Python values.
 
     Raises ``RuntimeError`` with the failing rank's traceback if any rank fails, and
     ``TimeoutError`` (after stopping every process) if they have not all finished within
@@ -96,16 +112,21 @@ def spawn(fn: Callable, world_size: int = 2, *args: Any, timeout: float = 60.0) 
         raise ValueError(f"timeout must be positive seconds, got {timeout}")
     with tempfile.TemporaryDirectory(prefix="llmbook-spawn-") as out_dir:
         context = mp.start_processes(
-            _worker, args=(fn, world_size, free_port(), timeout, out_dir, args),
-            nprocs=world_size, join=False, start_method="spawn")
+            _worker,
+            args=(fn, world_size, free_port(), timeout, out_dir, args),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
         deadline = time.monotonic() + timeout
         try:
             while not context.join(timeout=0.05):
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"{fn.__name__} on {world_size} processes did not finish within "
-                        f"{timeout:.0f} s (a collective waiting for a rank that never "
-                        "joins?); raise timeout= if the work is just slow")
+                        f"{fn.__name__} on {world_size} processes did not finish "
+                        f"within {timeout:.0f} s (a collective waiting for a rank that "
+                        "never joins?); raise timeout= if the work is just slow"
+                    )
         except mp.ProcessRaisedException as err:
             raise RuntimeError(_failure(out_dir, world_size) or str(err)) from None
         finally:

@@ -1,17 +1,16 @@
 """Chapter 6's parallel experiments, as functions that run on every rank.
 
-Each ``*_worker(rank, world_size, ...)`` trains a tiny GPT on its share of the same batches
-and returns its parameters (plus what it measured), for :func:`llmbook.parallel.dist.spawn`;
-:func:`train_reference` trains the same model on the whole batch in one process. The chapter
-and the tests compare the two.
+Each ``*_worker(rank, world_size, ...)`` trains a tiny GPT on its share of the same
+batches and returns its parameters (plus what it measured), for
+:func:`llmbook.parallel.dist.spawn`; :func:`train_reference` trains the same model on
+the whole batch in one process. The chapter and the tests compare the two.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from llmbook.attention import CausalSelfAttention
 from llmbook.layers import MLP, GatedMLP, RotaryEmbedding
@@ -20,14 +19,22 @@ from llmbook.optim import clip_grad_norm, parameter_groups
 from llmbook.parallel.ddp import DataParallel, apply_fsdp, clip_grad_norm_sharded
 from llmbook.parallel.zero import ZeroAdamW, adamw_state_bytes
 
-# No biases: a key bias gets a zero gradient in exact arithmetic (softmax ignores a constant
-# added to every score) and rounding noise in practice, which Adam blows up to full-size steps
-# of noise; the book's models have none.
-TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, d_model=32, dropout=0.0,
-                 bias=False)
-# lr 1e-3: Adam takes steps of about lr whatever the gradient's size, so an element whose
-# gradient is rounding noise moves by up to lr in a random direction; at 1e-3 such noise
-# stays well under the 1e-6 the tests allow between parallel and single-process runs.
+# No biases: a key bias gets a zero gradient in exact arithmetic (softmax ignores a
+# constant added to every score) and rounding noise in practice, which Adam blows up to
+# full-size steps of noise; the book's models have none.
+TINY = GPTConfig(
+    vocab_size=64,
+    block_size=16,
+    n_layer=2,
+    n_head=4,
+    d_model=32,
+    dropout=0.0,
+    bias=False,
+)
+# lr 1e-3: Adam takes steps of about lr whatever the gradient's size, so an element
+# whose gradient is rounding noise moves by up to lr in a random direction; at 1e-3 such
+# noise stays well under the 1e-6 the tests allow between parallel and single-process
+# runs.
 LR, WEIGHT_DECAY, BATCH, SEQ = 1e-3, 0.1, 4, 16
 
 
@@ -47,13 +54,16 @@ def batches(steps: int, seed: int = 1234) -> list[tuple[Tensor, Tensor]]:
 def my_rows(tensor: Tensor, rank: int, world: int) -> Tensor:
     """This rank's equal share of the batch's rows."""
     if tensor.shape[0] % world:
-        raise ValueError(f"batch of {tensor.shape[0]} rows does not split over {world} ranks")
+        raise ValueError(
+            f"batch of {tensor.shape[0]} rows does not split over {world} ranks"
+        )
     return tensor.chunk(world)[rank]
 
 
 def make_adamw(model: nn.Module) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR,
-                             weight_decay=WEIGHT_DECAY)
+    return torch.optim.AdamW(
+        parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY
+    )
 
 
 def full_state(model: nn.Module) -> dict[str, Tensor]:
@@ -65,10 +75,15 @@ def full_state(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def train_reference(steps: int, *, seed: int = 0, max_norm: float | None = None, freeze: bool = False,
-                    zero: bool = False) -> tuple[dict[str, Tensor], list[float]]:
-    """One process, the whole batch: the parameters every parallel run must reproduce, and
-    the gradient norm before each step."""
+def train_reference(
+    steps: int,
+    *,
+    seed: int = 0,
+    max_norm: float | None = None,
+    freeze: bool = False,
+) -> tuple[dict[str, Tensor], list[float]]:
+    """One process, the whole batch: the parameters every parallel run must reproduce,
+    and the gradient norm before each step."""
     model = tiny_gpt(seed)
     if freeze:
         model.norm_f.weight.requires_grad_(False)
@@ -84,8 +99,9 @@ def train_reference(steps: int, *, seed: int = 0, max_norm: float | None = None,
 
 
 def ddp_worker(rank: int, world: int, steps: int) -> dict:
-    """Our DataParallel (ranks seeded differently, a frozen norm, small buckets), torch's
-    DistributedDataParallel, and ours with two accumulation micro-batches per step."""
+    """Our DataParallel (ranks seeded differently, a frozen norm, small buckets),
+    torch's DistributedDataParallel, and ours with two accumulation micro-batches per
+    step."""
     results = {}
     for variant in ("ours", "torch", "accumulate"):
         model = tiny_gpt(seed=100 + rank)  # a different start on every rank
@@ -118,16 +134,21 @@ def zero_worker(rank: int, world: int, steps: int) -> dict:
     """ZeRO-1: our DataParallel for the gradients, ZeroAdamW for the update."""
     model = tiny_gpt(0)
     wrapped = DataParallel(model)
-    optimizer = ZeroAdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR,
-                          weight_decay=WEIGHT_DECAY)
+    optimizer = ZeroAdamW(
+        parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY
+    )
     for x, y in batches(steps):
         wrapped(my_rows(x, rank, world), my_rows(y, rank, world))[1].backward()
         optimizer.step()
         optimizer.zero_grad()
     n_params = sum(p.numel() for p in optimizer.params)
-    return {"params": full_state(model), "state_bytes": optimizer.state_bytes(),
-            "predicted_bytes": adamw_state_bytes(n_params, world),
-            "unsharded_bytes": adamw_state_bytes(n_params), "n_params": n_params}
+    return {
+        "params": full_state(model),
+        "state_bytes": optimizer.state_bytes(),
+        "predicted_bytes": adamw_state_bytes(n_params, world),
+        "unsharded_bytes": adamw_state_bytes(n_params),
+        "n_params": n_params,
+    }
 
 
 def fsdp_worker(rank: int, world: int, steps: int, max_norm: float) -> dict:
@@ -140,42 +161,57 @@ def fsdp_worker(rank: int, world: int, steps: int, max_norm: float) -> dict:
         model(my_rows(x, rank, world), my_rows(y, rank, world))[1].backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         torch_norm = torch.nn.utils.get_total_norm(grads)
-        theirs.append(float(torch_norm.full_tensor() if hasattr(torch_norm, "full_tensor")
-                            else torch_norm))
+        theirs.append(
+            float(
+                torch_norm.full_tensor()
+                if hasattr(torch_norm, "full_tensor")
+                else torch_norm
+            )
+        )
         ours.append(float(clip_grad_norm_sharded(model.parameters(), max_norm)))
         optimizer.step()
         optimizer.zero_grad()
     sharded = [type(p).__name__ for p in model.parameters()]
-    return {"params": full_state(model), "norms": ours, "torch_norms": theirs,
-            "param_types": sorted(set(sharded)), "world": dist.get_world_size()}
+    return {
+        "params": full_state(model),
+        "norms": ours,
+        "torch_norms": theirs,
+        "param_types": sorted(set(sharded)),
+        "world": dist.get_world_size(),
+    }
 
 
-def data_parallel_worker(rank: int, world: int, steps: int, zero_steps: int,
-                         max_norm: float) -> dict:
+def data_parallel_worker(
+    rank: int, world: int, steps: int, zero_steps: int, max_norm: float
+) -> dict:
     """All three experiments in one launch (starting processes costs more than running
     them): :func:`ddp_worker`, :func:`zero_worker`, :func:`fsdp_worker`."""
-    return {"ddp": ddp_worker(rank, world, steps), "zero": zero_worker(rank, world, zero_steps),
-            "fsdp": fsdp_worker(rank, world, steps, max_norm)}
+    return {
+        "ddp": ddp_worker(rank, world, steps),
+        "zero": zero_worker(rank, world, zero_steps),
+        "fsdp": fsdp_worker(rank, world, steps, max_norm),
+    }
 
 
 def failing_worker(rank: int, world: int, how: str) -> None:
-    """For testing :func:`~llmbook.parallel.dist.spawn`: rank 1 raises (``"fail"``), or rank
-    0 waits for a message rank 1 never sends (``"hang"``)."""
+    """For testing :func:`~llmbook.parallel.dist.spawn`: rank 1 raises (``"fail"``), or
+    rank 0 waits for a message rank 1 never sends (``"hang"``)."""
     if how == "fail" and rank == 1:
         raise ValueError("rank 1 fails on purpose")
     if how == "hang" and rank == 0:
         dist.recv(torch.zeros(1), src=1)
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Tensor parallelism: one MLP, one gated MLP, one attention block, split over the ranks
 
 TP_CASES = ("mlp", "gated", "attention")
 
 
 def tp_case(case: str) -> tuple[nn.Module, nn.Module | None]:
-    """The single-process module of ``case`` (the same on every rank: a fixed seed) and the
-    rotary embedding it is called with (attention only: grouped heads, biases, RoPE)."""
+    """The single-process module of ``case`` (the same on every rank: a fixed seed) and
+    the rotary embedding it is called with (attention only: grouped heads, biases,
+    RoPE)."""
     torch.manual_seed(7)
     if case == "mlp":
         return MLP(32, 64, "gelu", bias=True), None
@@ -189,7 +225,9 @@ def tp_case(case: str) -> tuple[nn.Module, nn.Module | None]:
 def tp_inputs() -> tuple[Tensor, Tensor]:
     """An input ``(2, SEQ, 32)`` and the gradient ``dL/dy`` to send back through it."""
     gen = torch.Generator().manual_seed(8)
-    return torch.randn(2, SEQ, 32, generator=gen), torch.randn(2, SEQ, 32, generator=gen)
+    return torch.randn(2, SEQ, 32, generator=gen), torch.randn(
+        2, SEQ, 32, generator=gen
+    )
 
 
 def tp_shard_spec(module: nn.Module) -> dict[str, tuple[list[int] | None, int | None]]:
@@ -202,8 +240,12 @@ def tp_shard_spec(module: nn.Module) -> dict[str, tuple[list[int] | None, int | 
         column = "fc"
         d_ff = module.proj.in_features
         parts = [d_ff, d_ff] if isinstance(module, GatedMLP) else None
-    return {f"{column}.weight": (parts, 0), f"{column}.bias": (parts, 0),
-            "proj.weight": (None, 1), "proj.bias": (None, None)}
+    return {
+        f"{column}.weight": (parts, 0),
+        f"{column}.bias": (parts, 0),
+        "proj.weight": (None, 1),
+        "proj.bias": (None, None),
+    }
 
 
 def _run_block(block: nn.Module, rotary: nn.Module | None) -> dict:
@@ -238,21 +280,24 @@ def tensor_parallel_worker(rank: int, world: int) -> dict:
         out[case, "scratch"] = _run_block(scratch, rotary)
         out[case, "torch"] = _run_block(library, rotary)
     module, _ = tp_case("gated")
-    naive = tp.TensorParallelMLP(tp.ColumnParallelLinear.from_linear(module.fc),
-                                 tp.RowParallelLinear.from_linear(module.proj),
-                                 "swiglu", gated=True)
+    naive = tp.TensorParallelMLP(
+        tp.ColumnParallelLinear.from_linear(module.fc),
+        tp.RowParallelLinear.from_linear(module.proj),
+        "swiglu",
+        gated=True,
+    )
     out["gated", "naive"] = _run_block(naive, None)
     return out
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Pipeline parallelism: the tiny GPT cut in two
 
 
 def pipeline_worker(rank: int, world: int, runs: list[tuple[str, int]]) -> dict:
-    """For each ``(schedule, n_micro)``: this rank's stage of the tiny GPT runs one step on
-    the first batch; returns the loss (last stage), the stage's gradients and its peak of
-    held micro-batches."""
+    """For each ``(schedule, n_micro)``: this rank's stage of the tiny GPT runs one step
+    on the first batch; returns the loss (last stage), the stage's gradients and its
+    peak of held micro-batches."""
     from llmbook.parallel.pipeline import PipelineStage, run_pipeline
 
     out = {}

@@ -2,29 +2,29 @@
 micro-batches that flow through them. Chapter 6.
 
 A schedule is, for each stage, the order in which it runs forward (``"F"``) and backward
-(``"B"``) passes of the micro-batches. **GPipe** (Huang et al., 2019) runs all forwards, then
-all backwards: each stage holds the activations of all ``m`` micro-batches. **1F1B**
-(PipeDream-Flush, Narayanan et al., 2021) starts backwards as soon as it can and then
-alternates one forward, one backward: stage ``s`` of ``p`` holds at most ``p - s``. Both leave
-every stage idle for the same fraction of the step, the *bubble*::
+(``"B"``) passes of the micro-batches. **GPipe** (Huang et al., 2019) runs all forwards,
+then all backwards: each stage holds the activations of all ``m`` micro-batches.
+**1F1B** (PipeDream-Flush, Narayanan et al., 2021) starts backwards as soon as it can
+and then alternates one forward, one backward: stage ``s`` of ``p`` holds at most
+``p - s``. Both leave every stage idle for the same fraction of the step, the *bubble*::
 
     bubble = (p - 1) / (m + p - 1)
 
 :func:`simulate` plays a schedule out step by step and measures it; :func:`run_pipeline`
-runs the same schedule on real processes, sending activations forward and gradients back.
+runs the same schedule on real processes, sending activations forward and gradients
+back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from llmbook.model import GPT
 
@@ -43,22 +43,26 @@ class Event:
 
 def _check(n_stages: int, n_micro: int, stage: int) -> None:
     if n_stages < 1 or n_micro < 1:
-        raise ValueError(f"need at least one stage and one micro-batch, got {n_stages} "
-                         f"stages and {n_micro} micro-batches")
+        raise ValueError(
+            f"need at least one stage and one micro-batch, got {n_stages} "
+            f"stages and {n_micro} micro-batches"
+        )
     if not 0 <= stage < n_stages:
         raise ValueError(f"stage {stage} is outside 0..{n_stages - 1}")
 
 
 def gpipe_order(n_stages: int, n_micro: int, stage: int) -> list[tuple[str, int]]:
-    """GPipe: every forward, then every backward (in reverse, so the last micro-batch, whose
-    gradient arrives first, goes first)."""
+    """GPipe: every forward, then every backward (in reverse, so the last micro-batch,
+    whose gradient arrives first, goes first)."""
     _check(n_stages, n_micro, stage)
-    return [("F", i) for i in range(n_micro)] + [("B", i) for i in reversed(range(n_micro))]
+    return [("F", i) for i in range(n_micro)] + [
+        ("B", i) for i in reversed(range(n_micro))
+    ]
 
 
 def one_f_one_b_order(n_stages: int, n_micro: int, stage: int) -> list[tuple[str, int]]:
-    """1F1B: ``p - s - 1`` warm-up forwards, then alternate one forward and one backward,
-    then the remaining backwards."""
+    """1F1B: ``p - s - 1`` warm-up forwards, then alternate one forward and one
+    backward, then the remaining backwards."""
     _check(n_stages, n_micro, stage)
     warmup = min(n_stages - stage - 1, n_micro)
     order = [("F", i) for i in range(warmup)]
@@ -76,16 +80,24 @@ SCHEDULES: dict[str, Callable[[int, int, int], list[tuple[str, int]]]] = {
 
 def _schedule(name: str) -> Callable[[int, int, int], list[tuple[str, int]]]:
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+        raise ValueError(
+            f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}"
+        )
     return SCHEDULES[name]
 
 
-def simulate(schedule: str, n_stages: int, n_micro: int, *, forward_time: int = 1,
-             backward_time: int = 2) -> list[Event]:
-    """Play ``schedule`` out: each stage runs its passes in order, each as soon as its stage
-    is free and its input is ready (a forward needs the previous stage's forward of the same
-    micro-batch, a backward the next stage's backward). Communication is free here. Returns
-    the events sorted by (time, stage)."""
+def simulate(
+    schedule: str,
+    n_stages: int,
+    n_micro: int,
+    *,
+    forward_time: int = 1,
+    backward_time: int = 2,
+) -> list[Event]:
+    """Play ``schedule`` out: each stage runs its passes in order, each as soon as its
+    stage is free and its input is ready (a forward needs the previous stage's forward
+    of the same micro-batch, a backward the next stage's backward). Communication is
+    free here. Returns the events sorted by (time, stage)."""
     if forward_time < 1 or backward_time < 1:
         raise ValueError("forward_time and backward_time must be positive integers")
     orders = [_schedule(schedule)(n_stages, n_micro, s) for s in range(n_stages)]
@@ -98,7 +110,9 @@ def simulate(schedule: str, n_stages: int, n_micro: int, *, forward_time: int = 
                 op, i = orders[s][position[s]]
                 needs = [("F", s - 1, i)] if op == "F" and s > 0 else []
                 if op == "B":
-                    needs = [("F", s, i)] + ([("B", s + 1, i)] if s < n_stages - 1 else [])
+                    needs = [("F", s, i)] + (
+                        [("B", s + 1, i)] if s < n_stages - 1 else []
+                    )
                 if any(need not in finish for need in needs):
                     break  # waiting for another stage
                 start = max([free[s]] + [finish[need] for need in needs])
@@ -127,8 +141,8 @@ def gpipe_bubble(n_stages: int, n_micro: int) -> Fraction:
 
 
 def peak_activations(events: list[Event]) -> list[int]:
-    """Per stage, the most micro-batches whose activations are held at once (a forward done,
-    its backward not yet)."""
+    """Per stage, the most micro-batches whose activations are held at once (a forward
+    done, its backward not yet)."""
     n_stages = 1 + max(e.stage for e in events)
     held, peak = [0] * n_stages, [0] * n_stages
     for e in events:  # sorted by time; each stage runs one pass at a time
@@ -149,18 +163,19 @@ def timeline(events: list[Event]) -> str:
     return "\n".join(f"stage {s}: " + " ".join(row) for s, row in enumerate(rows))
 
 
-# -----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Running a schedule: a GPT cut into stages, one per rank
 
 
 class PipelineStage(nn.Module):
-    """Stage ``stage`` of ``n_stages`` of ``model``: a contiguous run of blocks, plus the
-    embeddings on the first stage and the final norm and head on the last.
+    """Stage ``stage`` of ``n_stages`` of ``model``: a contiguous run of blocks, plus
+    the embeddings on the first stage and the final norm and head on the last.
 
     With tied weights the first and last stages each use the one ``(V, C)`` matrix (to
     embed, to score); on separate machines each holds a copy, and :func:`run_pipeline`
-    sums the two copies' gradients so that they stay equal (Megatron's "embedding group").
-    Every rank must build its stage (the group for that sum is created collectively).
+    sums the two copies' gradients so that they stay equal (Megatron's "embedding
+    group"). Every rank must build its stage (the group for that sum is created
+    collectively).
     """
 
     def __init__(self, model: GPT, stage: int, n_stages: int):
@@ -168,7 +183,9 @@ class PipelineStage(nn.Module):
         _check(n_stages, 1, stage)
         L = len(model.blocks)
         if n_stages > L:
-            raise ValueError(f"{n_stages} stages for {L} blocks: each stage needs a block")
+            raise ValueError(
+                f"{n_stages} stages for {L} blocks: each stage needs a block"
+            )
         bounds = [round(k * L / n_stages) for k in range(n_stages + 1)]
         self.stage, self.n_stages = stage, n_stages
         self.first, self.last = stage == 0, stage == n_stages - 1
@@ -183,8 +200,8 @@ class PipelineStage(nn.Module):
         self.model_names = {n: names[id(p)] for n, p in self.named_parameters()}
 
     def forward(self, x: Tensor) -> Tensor:
-        """Token ids ``(B, T)`` on the first stage, else the residual stream ``(B, T, C)``;
-        returns the stream, or logits ``(B, T, V)`` on the last stage."""
+        """Token ids ``(B, T)`` on the first stage, else the residual stream
+        ``(B, T, C)``; returns the stream, or logits ``(B, T, V)`` on the last stage."""
         if self.first:
             model = self.embed
             h = model.tok_emb(x)
@@ -197,23 +214,33 @@ class PipelineStage(nn.Module):
 
     def gradients(self) -> dict[str, Tensor]:
         """This stage's gradients under the whole model's parameter names."""
-        return {self.model_names[n]: p.grad for n, p in self.named_parameters()
-                if p.grad is not None}
+        return {
+            self.model_names[n]: p.grad
+            for n, p in self.named_parameters()
+            if p.grad is not None
+        }
 
 
-def run_pipeline(stage: PipelineStage, idx: Tensor, targets: Tensor, n_micro: int,
-                 schedule: str = "1f1b") -> tuple[Tensor | None, int]:
+def run_pipeline(
+    stage: PipelineStage,
+    idx: Tensor,
+    targets: Tensor,
+    n_micro: int,
+    schedule: str = "1f1b",
+) -> tuple[Tensor | None, int]:
     """One training step's forward and backward on this rank's ``stage`` (rank = stage),
     ``n_micro`` micro-batches in ``schedule``'s order. Every rank passes the whole batch
-    ``idx``, ``targets`` ``(B, T)``; the first stage reads the tokens, the last the targets.
+    ``idx``, ``targets`` ``(B, T)``; the first stage reads the tokens, the last the
+    targets.
 
     Returns the mean loss over the batch (last stage; None elsewhere) and the most
     micro-batches whose activations this stage held at once. Gradients accumulate in the
     stage's parameters, as after ``loss.backward()`` on the whole batch.
     """
     if idx.shape[0] % n_micro:
-        raise ValueError(f"batch of {idx.shape[0]} does not split into {n_micro} "
-                         "equal micro-batches")
+        raise ValueError(
+            f"batch of {idx.shape[0]} does not split into {n_micro} equal micro-batches"
+        )
     s, p = stage.stage, stage.n_stages
     micro_idx, micro_targets = idx.chunk(n_micro), targets.chunk(n_micro)
     inputs, outputs, sends, losses, peak = {}, {}, [], [], 0
@@ -222,8 +249,10 @@ def run_pipeline(stage: PipelineStage, idx: Tensor, targets: Tensor, n_micro: in
             x = micro_idx[i] if stage.first else _receive(micro_idx[i], stage, s - 1)
             y = stage(x)
             if stage.last:  # each micro-batch's mean, / m: the whole batch's mean
-                loss = F.cross_entropy(y.flatten(0, 1).float(),
-                                       micro_targets[i].flatten()) / n_micro
+                loss = (
+                    F.cross_entropy(y.flatten(0, 1).float(), micro_targets[i].flatten())
+                    / n_micro
+                )
                 outputs[i] = loss
                 losses.append(loss.detach())
             else:

@@ -2,16 +2,17 @@
 
 AdamW keeps two fp32 moments per parameter, 8 bytes per parameter, twice the weights
 themselves. Under plain data parallelism every rank keeps all of them, identical. ZeRO-1
-(Rajbhandari et al., 2020) lays all parameters end to end as one flat vector, cuts it into
-``world_size`` equal shards, and lets each rank keep the moments of its shard only and update
-only that shard; an all-gather then gives every rank the whole updated vector. The moments
-cost ``8 N / world_size`` bytes per rank instead of ``8 N``; the result is the same update.
+(Rajbhandari et al., 2020) lays all parameters end to end as one flat vector, cuts it
+into ``world_size`` equal shards, and lets each rank keep the moments of its shard only
+and update only that shard; an all-gather then gives every rank the whole updated
+vector. The moments cost ``8 N / world_size`` bytes per rank instead of ``8 N``; the
+result is the same update.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -21,58 +22,88 @@ class ZeroAdamW:
     """AdamW whose state is sharded over the ranks of ``group`` (ZeRO-1). Chapter 6.
 
     ``params`` is an iterable of tensors or of parameter-group dicts (``"params"`` plus
-    optional ``"lr"``/``"weight_decay"``), as for ``torch.optim.AdamW``; the update is the
-    same (decoupled weight decay, bias correction; a parameter without a gradient is left
-    as it is, but one step counter serves all). The gradients must already be the same
-    on every rank (all-reduced by data parallelism) when :meth:`step` runs.
+    optional ``"lr"``/``"weight_decay"``), as for ``torch.optim.AdamW``; the update is
+    the same (decoupled weight decay, bias correction; a parameter without a gradient is
+    left as it is, but one step counter serves all). The gradients must already be the
+    same on every rank (all-reduced by data parallelism) when :meth:`step` runs.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, group: dist.ProcessGroup | None = None):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        group: dist.ProcessGroup | None = None,
+    ):
         if not dist.is_initialized():
-            raise RuntimeError("ZeroAdamW shards over a process group: call "
-                               "torch.distributed.init_process_group first")
+            raise RuntimeError(
+                "ZeroAdamW shards over a process group: call "
+                "torch.distributed.init_process_group first"
+            )
         if not lr >= 0 or not eps >= 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"need lr >= 0, eps >= 0 and betas in [0, 1), got lr={lr}, "
-                             f"eps={eps}, betas={betas}")
+            raise ValueError(
+                f"need lr >= 0, eps >= 0 and betas in [0, 1), got lr={lr}, "
+                f"eps={eps}, betas={betas}"
+            )
         groups = list(params)
         if not groups:
             raise ValueError("ZeroAdamW got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        self.param_groups = [{"lr": lr, "weight_decay": weight_decay, **g,
-                              "params": list(g["params"])} for g in groups]
+        self.param_groups = [
+            {"lr": lr, "weight_decay": weight_decay, **g, "params": list(g["params"])}
+            for g in groups
+        ]
         self.betas, self.eps, self.group = betas, eps, group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self.params = [p for g in self.param_groups for p in g["params"]]
         if len({id(p) for p in self.params}) != len(self.params):
-            raise ValueError("a parameter appears twice (tied weights?): pass each once")
+            raise ValueError(
+                "a parameter appears twice (tied weights?): pass each once"
+            )
         numel = sum(p.numel() for p in self.params)
         self.shard_size = math.ceil(numel / self.world_size)
         # the flat vector, padded so that it splits evenly into world_size shards
-        self.flat = torch.zeros(self.shard_size * self.world_size,
-                                dtype=self.params[0].dtype, device=self.params[0].device)
+        self.flat = torch.zeros(
+            self.shard_size * self.world_size,
+            dtype=self.params[0].dtype,
+            device=self.params[0].device,
+        )
         lo = self.rank * self.shard_size
-        self.exp_avg = torch.zeros(self.shard_size, dtype=self.flat.dtype,
-                                   device=self.flat.device)
+        self.exp_avg = torch.zeros(
+            self.shard_size, dtype=self.flat.dtype, device=self.flat.device
+        )
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
         self.step_count = 0
-        # where each parameter meets this rank's shard: (group, param, param_slice, shard_slice)
+        # where each parameter meets this rank's shard: (group, param, param_slice,
+        # shard_slice)
         self.pieces = []
         offset = 0
         for g_index, g in enumerate(self.param_groups):
             for p in g["params"]:
-                start, stop = max(offset, lo), min(offset + p.numel(), lo + self.shard_size)
+                start, stop = (
+                    max(offset, lo),
+                    min(offset + p.numel(), lo + self.shard_size),
+                )
                 if start < stop:
-                    self.pieces.append((g_index, p, slice(start - offset, stop - offset),
-                                        slice(start - lo, stop - lo)))
+                    self.pieces.append(
+                        (
+                            g_index,
+                            p,
+                            slice(start - offset, stop - offset),
+                            slice(start - lo, stop - lo),
+                        )
+                    )
                 offset += p.numel()
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state this rank holds: its shard of the two moments."""
-        return sum(t.numel() * t.element_size() for t in (self.exp_avg, self.exp_avg_sq))
+        return sum(
+            t.numel() * t.element_size() for t in (self.exp_avg, self.exp_avg_sq)
+        )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -111,10 +142,13 @@ class ZeroAdamW:
             offset += p.numel()
 
 
-def adamw_state_bytes(n_params: int, world_size: int = 1, bytes_per_value: int = 4) -> int:
+def adamw_state_bytes(
+    n_params: int, world_size: int = 1, bytes_per_value: int = 4
+) -> int:
     """AdamW's two moments for ``n_params`` parameters, per rank, sharded ``world_size``
     ways (``world_size=1``: unsharded); the padding of the last shard included."""
     if n_params < 0 or world_size < 1:
-        raise ValueError(f"need n_params >= 0 and world_size >= 1, got {n_params}, "
-                         f"{world_size}")
+        raise ValueError(
+            f"need n_params >= 0 and world_size >= 1, got {n_params}, {world_size}"
+        )
     return 2 * math.ceil(n_params / world_size) * bytes_per_value
