@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 from llmbook.parallel import experiments
+from llmbook.parallel.ddp import DataParallel
 from llmbook.parallel.dist import spawn
-from llmbook.parallel.zero import adamw_state_bytes
+from llmbook.parallel.zero import ZeroAdamW, adamw_state_bytes
 
 WORLD, STEPS, ZERO_STEPS, MAX_NORM = 2, 3, 10, 0.5
 
@@ -71,6 +72,8 @@ def test_buckets_overlap_backward_and_skip_frozen_parameters(ddp_results):
         assert result["buckets"] >= 2
         assert result["overlapped"] == result["buckets"]
         assert result["frozen_grad_is_none"]
+        # "sum" is exactly world x "mean": halving before adding is exact in floats
+        assert result["sum_minus_world_mean"] == 0.0
 
 
 def test_zero1_equals_unsharded_adamw(results):
@@ -104,3 +107,17 @@ def test_adamw_state_bytes():
     assert adamw_state_bytes(10, 4) == 2 * 3 * 4  # ceil(10 / 4) = 3 per rank, padded
     with pytest.raises(ValueError):
         adamw_state_bytes(10, 0)
+
+
+def test_bad_arguments_are_one_line_errors():
+    model = experiments.tiny_gpt(0)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        DataParallel(model, reduction="max")
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        DataParallel(model, bucket_bytes=0)
+    with pytest.raises(RuntimeError, match="process group"):
+        DataParallel(model)  # no init_process_group in this process
+    with pytest.raises(ValueError, match="betas"):
+        ZeroAdamW(model.parameters(), betas=(0.9, 1.0))
+    with pytest.raises(RuntimeError, match="process group"):
+        ZeroAdamW(model.parameters())

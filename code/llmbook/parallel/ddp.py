@@ -71,18 +71,18 @@ class DataParallel(nn.Module):
         broadcast: bool = True,
     ):
         super().__init__()
-        if not dist.is_initialized():
-            raise RuntimeError(
-                "DataParallel needs a process group: call "
-                "torch.distributed.init_process_group first (or use "
-                "llmbook.parallel.dist.spawn / torchrun)"
-            )
         if reduction not in REDUCTIONS:
             raise ValueError(
                 f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}"
             )
         if bucket_bytes < 1:
             raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "DataParallel needs a process group: call "
+                "torch.distributed.init_process_group first (or use "
+                "llmbook.parallel.dist.spawn / torchrun)"
+            )
         self.module = module
         self.reduction = reduction
         self.world_size = dist.get_world_size()

@@ -16,7 +16,12 @@ from llmbook.attention import CausalSelfAttention
 from llmbook.layers import MLP, GatedMLP, RotaryEmbedding
 from llmbook.model import GPT, GPTConfig
 from llmbook.optim import clip_grad_norm, parameter_groups
-from llmbook.parallel.ddp import DataParallel, apply_fsdp, clip_grad_norm_sharded
+from llmbook.parallel.ddp import (
+    REDUCTIONS,
+    DataParallel,
+    apply_fsdp,
+    clip_grad_norm_sharded,
+)
 from llmbook.parallel.zero import ZeroAdamW, adamw_state_bytes
 
 # No biases: a key bias gets a zero gradient in exact arithmetic (softmax ignores a
@@ -127,7 +132,21 @@ def ddp_worker(rank: int, world: int, steps: int) -> dict:
             results["buckets"] = len(wrapped.buckets)
             results["overlapped"] = wrapped.overlapped
             results["frozen_grad_is_none"] = model.norm_f.weight.grad is None
+    results["sum_minus_world_mean"] = _sum_versus_mean(rank, world)
     return results
+
+
+def _sum_versus_mean(rank: int, world: int) -> float:
+    """The largest gap between ``reduction="sum"`` gradients and world x ``"mean"``."""
+    grads = {}
+    for reduction in REDUCTIONS:
+        model = tiny_gpt(0)
+        wrapped = DataParallel(model, reduction=reduction)
+        x, y = batches(1)[0]
+        wrapped(my_rows(x, rank, world), my_rows(y, rank, world))[1].backward()
+        grads[reduction] = [p.grad for p in model.parameters()]
+    pairs = zip(grads["sum"], grads["mean"])
+    return max((s - world * m).abs().max().item() for s, m in pairs)
 
 
 def zero_worker(rank: int, world: int, steps: int) -> dict:

@@ -37,11 +37,6 @@ class ZeroAdamW:
         weight_decay: float = 1e-2,
         group: dist.ProcessGroup | None = None,
     ):
-        if not dist.is_initialized():
-            raise RuntimeError(
-                "ZeroAdamW shards over a process group: call "
-                "torch.distributed.init_process_group first"
-            )
         if not lr >= 0 or not eps >= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(
                 f"need lr >= 0, eps >= 0 and betas in [0, 1), got lr={lr}, "
@@ -52,6 +47,11 @@ class ZeroAdamW:
             raise ValueError("ZeroAdamW got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "ZeroAdamW shards over a process group: call "
+                "torch.distributed.init_process_group first"
+            )
         self.param_groups = [
             {"lr": lr, "weight_decay": weight_decay, **g, "params": list(g["params"])}
             for g in groups
