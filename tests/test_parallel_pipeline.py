@@ -86,8 +86,9 @@ def test_two_stage_pipeline_equals_one_process(results, run):
     loss, grads = reference()
     first, last = results[0][run], results[1][run]
     assert first["loss"] is None
-    torch.testing.assert_close(last["loss"], loss, rtol=0, atol=1e-6)
-    # each parameter's gradient lives on its stage; the tied embedding/head on both
+    # the loss is ~4.2, where float32 steps by 4.8e-7: allow a few steps (measured: 2)
+    torch.testing.assert_close(last["loss"], loss, rtol=1e-6, atol=0)
+    # each parameter lives on one stage, the tied embedding/head on both
     assert set(first["grads"]) | set(last["grads"]) == set(grads)
     assert set(first["grads"]) & set(last["grads"]) == {"tok_emb.weight"}
     for result in (first, last):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 
 def free_port() -> int:
@@ -104,7 +105,8 @@ def spawn(
 
     Raises ``RuntimeError`` with the failing rank's traceback if any rank fails, and
     ``TimeoutError`` (after stopping every process) if they have not all finished within
-    ``timeout`` seconds; collectives inside get the same timeout.
+    ``timeout`` seconds; collectives inside get the same timeout. From a script, call it
+    under ``if __name__ == "__main__":``: each new process re-imports the main module.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
@@ -127,8 +129,12 @@ def spawn(
                         f"within {timeout:.0f} s (a collective waiting for a rank that "
                         "never joins?); raise timeout= if the work is just slow"
                     )
-        except mp.ProcessRaisedException as err:
-            raise RuntimeError(_failure(out_dir, world_size) or str(err)) from None
+        except ProcessException as err:  # a rank raised, or died before fn ran
+            detail = _failure(out_dir, world_size) or (
+                f"{err}. A process that dies before running fn: from a script, call "
+                "spawn under `if __name__ == '__main__':` (spawn re-imports __main__)"
+            )
+            raise RuntimeError(detail) from None
         finally:
             for process in context.processes:
                 if process.is_alive():

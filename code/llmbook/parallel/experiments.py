@@ -36,11 +36,13 @@ TINY = GPTConfig(
     dropout=0.0,
     bias=False,
 )
-# lr 1e-3: Adam takes steps of about lr whatever the gradient's size, so an element
-# whose gradient is rounding noise moves by up to lr in a random direction; at 1e-3 such
-# noise stays well under the 1e-6 the tests allow between parallel and single-process
-# runs.
-LR, WEIGHT_DECAY, BATCH, SEQ = 1e-3, 0.1, 4, 16
+# Adam moves an element by lr * g / (|g| + eps), whatever the size of g, so where g is
+# near zero its rounding noise (~1e-10 here: float32 sums of terms ~1e-3, added in another
+# order by another process layout) moves the weight by up to lr * noise / eps per step.
+# With eps = 1e-8 one element of ~30k, whose gradient was 3e-8, differed by 7e-7 after
+# three steps; eps = 1e-6 bounds that at ~1e-7 per step at lr 1e-3, well inside the 1e-6
+# the tests allow between parallel and single-process runs.
+LR, EPS, WEIGHT_DECAY, BATCH, SEQ = 1e-3, 1e-6, 0.1, 4, 16
 
 
 def tiny_gpt(seed: int = 0, config: GPTConfig = TINY) -> GPT:
@@ -67,7 +69,7 @@ def my_rows(tensor: Tensor, rank: int, world: int) -> Tensor:
 
 def make_adamw(model: nn.Module) -> torch.optim.AdamW:
     return torch.optim.AdamW(
-        parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY
+        parameter_groups(model, WEIGHT_DECAY), lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY
     )
 
 
@@ -154,7 +156,7 @@ def zero_worker(rank: int, world: int, steps: int) -> dict:
     model = tiny_gpt(0)
     wrapped = DataParallel(model)
     optimizer = ZeroAdamW(
-        parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY
+        parameter_groups(model, WEIGHT_DECAY), lr=LR, eps=EPS, weight_decay=WEIGHT_DECAY
     )
     for x, y in batches(steps):
         wrapped(my_rows(x, rank, world), my_rows(y, rank, world))[1].backward()

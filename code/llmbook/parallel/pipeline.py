@@ -190,7 +190,9 @@ class PipelineStage(nn.Module):
         self.stage, self.n_stages = stage, n_stages
         self.first, self.last = stage == 0, stage == n_stages - 1
         self.blocks = nn.ModuleList(model.blocks[bounds[stage] : bounds[stage + 1]])
-        self.embed = model if self.first else None  # uses tok_emb, pos_emb, drop only
+        self.tok_emb = model.tok_emb if self.first else None
+        self.pos_emb = model.pos_emb if self.first else None
+        self.drop = model.drop
         self.rotary = model.rotary
         self.norm_f = model.norm_f if self.last else None
         self.lm_head = model.lm_head if self.last else None
@@ -203,22 +205,17 @@ class PipelineStage(nn.Module):
         """Token ids ``(B, T)`` on the first stage, else the residual stream
         ``(B, T, C)``; returns the stream, or logits ``(B, T, V)`` on the last stage."""
         if self.first:
-            model = self.embed
-            h = model.tok_emb(x)
-            if model.pos_emb is not None:
-                h = h + model.pos_emb(x.shape[1], 0)
-            x = model.drop(h)
+            h = self.tok_emb(x)  # (B, T, C)
+            if self.pos_emb is not None:
+                h = h + self.pos_emb(x.shape[1], 0)
+            x = self.drop(h)
         for block in self.blocks:
             x = block(x, rotary=self.rotary)
         return self.lm_head(self.norm_f(x)) if self.last else x
 
-    def gradients(self) -> dict[str, Tensor]:
-        """This stage's gradients under the whole model's parameter names."""
-        return {
-            self.model_names[n]: p.grad
-            for n, p in self.named_parameters()
-            if p.grad is not None
-        }
+    def gradients(self) -> dict[str, Tensor | None]:
+        """The gradients of this stage's parameters, under the whole model's names."""
+        return {self.model_names[n]: p.grad for n, p in self.named_parameters()}
 
 
 def run_pipeline(
@@ -273,7 +270,7 @@ def run_pipeline(
     for work, _ in sends:
         work.wait()
     if stage.tied and (stage.first or stage.last):
-        weight = stage.embed.tok_emb.weight if stage.first else stage.lm_head.weight
+        weight = stage.tok_emb.weight if stage.first else stage.lm_head.weight
         dist.all_reduce(weight.grad, group=stage.tied_group)
     return (torch.stack(losses).sum() if stage.last else None), peak
 
