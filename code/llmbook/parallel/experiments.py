@@ -37,11 +37,11 @@ TINY = GPTConfig(
     bias=False,
 )
 # Adam moves an element by lr * g / (|g| + eps), whatever the size of g, so where g is
-# near zero its rounding noise (~1e-10 here: float32 sums of terms ~1e-3, added in another
-# order by another process layout) moves the weight by up to lr * noise / eps per step.
-# With eps = 1e-8 one element of ~30k, whose gradient was 3e-8, differed by 7e-7 after
-# three steps; eps = 1e-6 bounds that at ~1e-7 per step at lr 1e-3, well inside the 1e-6
-# the tests allow between parallel and single-process runs.
+# near zero its rounding noise (~1e-10 here: float32 sums of terms ~1e-3, added in
+# another order by another process layout) moves the weight by up to lr * noise / eps
+# per step. With eps = 1e-8 one element of ~30k, whose gradient was 3e-8, differed by
+# 7e-7 after three steps; eps = 1e-6 bounds that at ~1e-7 per step at lr 1e-3, well
+# inside the 1e-6 the tests allow between parallel and single-process runs.
 LR, EPS, WEIGHT_DECAY, BATCH, SEQ = 1e-3, 1e-6, 0.1, 4, 16
 
 
@@ -88,21 +88,22 @@ def train_reference(
     seed: int = 0,
     max_norm: float | None = None,
     freeze: bool = False,
-) -> tuple[dict[str, Tensor], list[float]]:
+) -> tuple[dict[str, Tensor], list[float], list[float]]:
     """One process, the whole batch: the parameters every parallel run must reproduce,
-    and the gradient norm before each step."""
+    and the gradient norm and loss of each step."""
     model = tiny_gpt(seed)
     if freeze:
         model.norm_f.weight.requires_grad_(False)
     optimizer = make_adamw(model)
-    norms = []
+    norms, losses = [], []
     for x, y in batches(steps):
         _, loss = model(x, y)
         loss.backward()
         norms.append(float(clip_grad_norm(model.parameters(), max_norm or 1e30)))
+        losses.append(loss.item())
         optimizer.step()
         optimizer.zero_grad()
-    return full_state(model), norms
+    return full_state(model), norms, losses
 
 
 def ddp_worker(rank: int, world: int, steps: int) -> dict:
@@ -211,7 +212,32 @@ def data_parallel_worker(
         "ddp": ddp_worker(rank, world, steps),
         "zero": zero_worker(rank, world, zero_steps),
         "fsdp": fsdp_worker(rank, world, steps, max_norm),
+        "fsdp_bf16": fsdp_bf16_worker(rank, world, steps, max_norm),
     }
+
+
+def fsdp_bf16_worker(rank: int, world: int, steps: int, max_norm: float) -> dict:
+    """FSDP2 computing in bfloat16: parameters cast to bf16 for forward and backward,
+    gradients reduced and the update applied in float32 (``MixedPrecisionPolicy``).
+    Returns the global batch's loss and the gradient norm at each step."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+    )
+    model = apply_fsdp(tiny_gpt(0), mp_policy=policy)
+    optimizer = make_adamw(model)
+    losses, norms = [], []
+    for x, y in batches(steps):
+        _, loss = model(my_rows(x, rank, world), my_rows(y, rank, world))
+        loss.backward()
+        mean_loss = loss.detach().float().clone()
+        dist.all_reduce(mean_loss)  # each rank's loss is over its half of the batch
+        losses.append(mean_loss.item() / world)
+        norms.append(float(clip_grad_norm_sharded(model.parameters(), max_norm)))
+        optimizer.step()
+        optimizer.zero_grad()
+    return {"losses": losses, "norms": norms}
 
 
 def failing_worker(rank: int, world: int, how: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 
 class ZeroAdamW:
@@ -78,26 +79,21 @@ class ZeroAdamW:
         )
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
         self.step_count = 0
-        # where each parameter meets this rank's shard: (group, param, param_slice,
-        # shard_slice)
-        self.pieces = []
-        offset = 0
-        for g_index, g in enumerate(self.param_groups):
-            for p in g["params"]:
-                start, stop = (
-                    max(offset, lo),
-                    min(offset + p.numel(), lo + self.shard_size),
-                )
+        self.pieces = self._pieces(lo)
+
+    def _pieces(self, lo: int) -> list[tuple[int, Tensor, slice, slice]]:
+        """Where each parameter meets this rank's shard ``[lo, lo + shard_size)`` of the
+        flat vector: (group index, parameter, its slice, the shard's slice)."""
+        pieces, offset = [], 0
+        for g_index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                start = max(offset, lo)
+                stop = min(offset + p.numel(), lo + self.shard_size)
                 if start < stop:
-                    self.pieces.append(
-                        (
-                            g_index,
-                            p,
-                            slice(start - offset, stop - offset),
-                            slice(start - lo, stop - lo),
-                        )
-                    )
+                    own = slice(start - offset, stop - offset)
+                    pieces.append((g_index, p, own, slice(start - lo, stop - lo)))
                 offset += p.numel()
+        return pieces
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state this rank holds: its shard of the two moments."""
