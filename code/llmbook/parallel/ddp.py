@@ -6,13 +6,13 @@ and the ranks average their gradients before each optimizer step. Chapter 6.
 construction, gradients all-reduced in buckets while the backward pass is still running,
 ``no_sync`` for accumulation micro-batches. :func:`apply_fsdp` is the production path
 for models that do not fit on one device (FSDP2's ``fully_shard``), and
-:func:`clip_grad_norm_sharded` clips gradients whose pieces live on different ranks.
+:func:`llmbook.optim.clip_grad_norm` clips gradients whose pieces live on different ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -222,50 +222,3 @@ def apply_fsdp(
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
-
-
-def clip_grad_norm_sharded(
-    parameters: Iterable[Tensor],
-    max_norm: float,
-    group: dist.ProcessGroup | None = None,
-) -> Tensor:
-    """Clip gradients to a global L2 norm of ``max_norm`` when some are sharded across
-    ranks (FSDP's DTensor gradients); return the norm before clipping. Chapter 6.
-
-    Each rank holds a piece of every sharded gradient, so the squared norm is the sum of
-    the pieces' squares over ranks: add them locally, all-reduce once. A gradient that
-    is not sharded (a plain tensor, the same on every rank) is counted once, not once
-    per rank. The scale ``max_norm / (norm + 1e-6)``, capped at 1, is
-    ``clip_grad_norm_``'s.
-    """
-    from torch.distributed.tensor import DTensor
-
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
-    grads = [p.grad for p in parameters if p.grad is not None]
-    sharded = torch.zeros((), dtype=torch.float64)
-    replicated = torch.zeros((), dtype=torch.float64)
-    locals_ = []
-    for g in grads:
-        if isinstance(g, DTensor):
-            if any(not placement.is_shard() for placement in g.placements):
-                raise ValueError(
-                    "clip_grad_norm_sharded handles Shard placements on a "
-                    f"1-D mesh, got {g.placements}; use "
-                    "torch.nn.utils.clip_grad_norm_ for other layouts"
-                )
-            local = g.to_local()
-            sharded += local.detach().double().pow(2).sum().cpu()
-        else:
-            local = g
-            replicated += g.detach().double().pow(2).sum().cpu()
-        locals_.append(local)
-    device = locals_[0].device if locals_ else torch.device("cpu")
-    sharded = sharded.to(device)
-    dist.all_reduce(sharded, op=dist.ReduceOp.SUM, group=group)
-    total = (sharded.cpu() + replicated).sqrt().float()
-    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    with torch.no_grad():
-        for local in locals_:
-            local.mul_(scale.to(local.device, local.dtype))
-    return total

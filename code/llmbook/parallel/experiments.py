@@ -20,7 +20,6 @@ from llmbook.parallel.ddp import (
     REDUCTIONS,
     DataParallel,
     apply_fsdp,
-    clip_grad_norm_sharded,
 )
 from llmbook.parallel.zero import ZeroAdamW, adamw_state_bytes
 
@@ -174,7 +173,8 @@ def zero_worker(rank: int, world: int, steps: int) -> dict:
 
 
 def fsdp_worker(rank: int, world: int, steps: int, max_norm: float) -> dict:
-    """FSDP2 on every block and the root, clipping with :func:`clip_grad_norm_sharded`;
+    """FSDP2 on every block and the root, clipping with
+    :func:`llmbook.optim.clip_grad_norm`;
     torch's norm of the same DTensor gradients alongside."""
     model = apply_fsdp(tiny_gpt(0))
     optimizer = make_adamw(model)
@@ -190,7 +190,7 @@ def fsdp_worker(rank: int, world: int, steps: int, max_norm: float) -> dict:
                 else torch_norm
             )
         )
-        ours.append(float(clip_grad_norm_sharded(model.parameters(), max_norm)))
+        ours.append(float(clip_grad_norm(model.parameters(), max_norm)))
         optimizer.step()
         optimizer.zero_grad()
     sharded = [type(p).__name__ for p in model.parameters()]
@@ -234,7 +234,7 @@ def fsdp_bf16_worker(rank: int, world: int, steps: int, max_norm: float) -> dict
         mean_loss = loss.detach().float().clone()
         dist.all_reduce(mean_loss)  # each rank's loss is over its half of the batch
         losses.append(mean_loss.item() / world)
-        norms.append(float(clip_grad_norm_sharded(model.parameters(), max_norm)))
+        norms.append(float(clip_grad_norm(model.parameters(), max_norm)))
         optimizer.step()
         optimizer.zero_grad()
     return {"losses": losses, "norms": norms}
