@@ -7,6 +7,9 @@ once from the builder's own list (file name ``None``), which Sphinx does not see
 script. Declaring a ``const`` twice is an error in the browser ("Identifier 'THEBE_JS_URL' has
 already been declared"), so each page's scripts are made unique before the page is written.
 ``tests/html/check_html.py`` fails on any console error, this one included.
+
+It also loads ``book/_static/llmbook-offline.js``, which keeps the search page from fetching
+result pages when the book is opened from the disk (browsers refuse ``fetch`` on ``file://``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def _on_page_context(app, pagename, templatename, context, doctree) -> None:
 
 
 def setup(app):
+    # after documentation_options.js (priority 200), whose settings it adjusts
+    app.add_js_file("llmbook-offline.js", priority=300)
     # after every other handler, which may still add scripts to the page
     app.connect("html-page-context", _on_page_context, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
