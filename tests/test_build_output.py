@@ -73,14 +73,14 @@ def test_execute_says_which_chapters_run_and_why(stage, monkeypatch, capsys):
     assert f"executed notebooks: {stage / 'stage' / 'chapters'}" in out
 
 
-def test_setup_cell_folds_in_html_once(stage):
+def test_setup_cell_is_tagged_once(stage):
     path = stage / "stage" / "chapters" / "01_a.ipynb"
     _source(path, "import numpy", "print(1)")
-    build.fold_setup_cells("cpu")
-    build.fold_setup_cells("cpu")  # idempotent: html runs it on every render
+    build.tag_setup_cells("cpu")
+    build.tag_setup_cells("cpu")  # idempotent: every render runs it
     cells = nbformat.read(path, as_version=4).cells
     assert cells[0].metadata["tags"] == ["parameters"]
-    assert cells[1].metadata["tags"] == ["hide-input"]
+    assert cells[1].metadata["tags"] == ["hide-input", "remove-stderr"]
     assert "tags" not in cells[2].metadata
 
 

@@ -8,6 +8,11 @@ script. Declaring a ``const`` twice is an error in the browser ("Identifier 'THE
 already been declared"), so each page's scripts are made unique before the page is written.
 ``tests/html/check_html.py`` fails on any console error, this one included.
 
+pydata-sphinx-theme 0.17 gives every page a header bar that holds only a second search field
+(sphinx-book-theme has one in its sidebar) unless ``navbar_persistent`` is set; setting it in
+``_config.yml`` would replace the theme options Jupyter Book derives from its ``html:`` section,
+so it is set here, before the theme reads its options.
+
 It also loads ``book/_static/llmbook-offline.js``, which keeps the search page from fetching
 result pages when the book is opened from the disk (browsers refuse ``fetch`` on ``file://``).
 """
@@ -39,7 +44,12 @@ def _on_page_context(app, pagename, templatename, context, doctree) -> None:
         context["script_files"] = unique_scripts(list(context["script_files"]))
 
 
+def _no_header_bar(app, config) -> None:
+    config.html_theme_options.setdefault("navbar_persistent", [])
+
+
 def setup(app):
+    app.connect("config-inited", _no_header_bar)
     # after documentation_options.js (priority 200), whose settings it adjusts
     app.add_js_file("llmbook-offline.js", priority=300)
     # after every other handler, which may still add scripts to the page

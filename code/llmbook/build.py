@@ -234,7 +234,9 @@ def _jupyter_book(stage: Path, builder: str) -> None:
         raise BuildError(f"jupyter-book {builder} build failed (exit {result.returncode}); the log is above")
 
 
-SETUP_TAG = "hide-input"
+# The setup cell (imports, paths) folds away in HTML, and what libraries print on stderr while
+# loading (matplotlib's "building the font cache", for one) is not part of the chapter.
+SETUP_TAGS = ("hide-input", "remove-stderr")
 
 
 def _setup_cell(notebook):
@@ -246,19 +248,20 @@ def _setup_cell(notebook):
     return None
 
 
-def fold_setup_cells(profile: str) -> None:
-    """Fold each staged chapter's setup cell away in HTML: a reader sees "Show code cell source"
-    and opens it with one click. The chapter sources are left alone: the fold is the edition's
-    choice, so the build tags the executed copies. The PDF shows the cell as before (myst-nb's
-    ``hide-input`` acts on HTML only)."""
+def tag_setup_cells(profile: str) -> None:
+    """Tag each staged chapter's setup cell (:data:`SETUP_TAGS`): in HTML a reader sees "Show
+    code cell source" and opens it with one click; the PDF shows the code as before (myst-nb's
+    ``hide-input`` acts on HTML only). The chapter sources are left alone: this is the
+    editions' choice, so the build tags the executed copies."""
     import nbformat
 
     for path in sorted((stage_dir(profile) / "chapters").glob("[0-9]*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         cell = _setup_cell(notebook)
-        if cell is None or SETUP_TAG in cell.metadata.get("tags", []):
+        if cell is None or set(SETUP_TAGS) <= set(cell.metadata.get("tags", [])):
             continue
-        cell.metadata.setdefault("tags", []).append(SETUP_TAG)
+        tags = cell.metadata.setdefault("tags", [])
+        tags.extend(tag for tag in SETUP_TAGS if tag not in tags)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         nbformat.write(notebook, tmp)
@@ -274,7 +277,7 @@ def html(profile: str) -> Path:
     static = stage / "book" / "_static" / "mathjax"
     static.mkdir(parents=True, exist_ok=True)
     shutil.copy2(mathjax_source(), static / MATHJAX_FILE)
-    fold_setup_cells(profile)
+    tag_setup_cells(profile)
     start = time.perf_counter()
     _jupyter_book(stage, "html")
     index = html_dir(profile) / "index.html"
@@ -295,6 +298,7 @@ def pdf(profile: str) -> Path:
     # every later run fails on them, and a stale PDF could pass the check. Start the LaTeX side clean.
     if path.parent.exists():
         shutil.rmtree(path.parent)
+    tag_setup_cells(profile)
     start = time.perf_counter()
     _jupyter_book(stage, "pdflatex")
     if not path.is_file():

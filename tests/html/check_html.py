@@ -26,6 +26,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    from playwright import sync_api as playwright_errors  # its Error is the one to catch
+except ImportError:  # reported by the browser fixture
+    playwright_errors = None
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = os.environ.get("LLMBOOK_PROFILE", "cpu")
 # LLMBOOK_HTML checks another built book (the check's own trial runs use a tiny one)
@@ -117,8 +122,14 @@ def _visit(browser, url: str, viewport: dict) -> tuple[object, list[str], dict]:
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
     page.goto(url, wait_until="load")
-    report = page.evaluate(INSPECT)
-    return page, errors, report
+    for attempt in range(3):  # the root index.html redirects (meta refresh) to the preface
+        try:
+            return page, errors, page.evaluate(INSPECT)
+        except playwright_errors.Error as exc:
+            if "context was destroyed" not in str(exc) or attempt == 2:
+                raise
+            page.wait_for_load_state("load")
+    raise AssertionError("unreachable")
 
 
 def _page_path(url: str, base: str) -> tuple[str, str] | None:
