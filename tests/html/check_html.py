@@ -34,15 +34,18 @@ except ImportError:  # reported by the browser fixture
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = os.environ.get("LLMBOOK_PROFILE", "cpu")
 # LLMBOOK_HTML checks another built book (the check's own trial runs use a tiny one)
-HTML = Path(os.environ.get("LLMBOOK_HTML", REPO / "_build" / PROFILE / "stage" / "_build" / "html"))
-SCREENSHOTS = Path(os.environ.get("LLMBOOK_SCREENSHOTS", REPO / "_build" / PROFILE / "screenshots"))
+BUILD = REPO / "_build" / PROFILE
+HTML = Path(os.environ.get("LLMBOOK_HTML", BUILD / "stage" / "_build" / "html"))
+SCREENSHOTS = Path(os.environ.get("LLMBOOK_SCREENSHOTS", BUILD / "screenshots"))
 CHROMIUM = os.environ.get("LLMBOOK_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 # a word of Chapter 3's prose, and the page search must find for it
-SEARCH_WORD, SEARCH_PAGE = "queries", os.environ.get("LLMBOOK_SEARCH_PAGE", "chapters/03_attention.html")
+SEARCH_WORD = "queries"
+SEARCH_PAGE = os.environ.get("LLMBOOK_SEARCH_PAGE", "chapters/03_attention.html")
 
 PAGES = sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html")
                if not p.relative_to(HTML).parts[0].startswith("_")) if HTML.is_dir() else []
@@ -89,7 +92,8 @@ def server():
 @pytest.fixture(scope="module")
 def browser():
     if not HTML.joinpath("index.html").is_file():
-        pytest.fail(f"no built HTML at {HTML}; run `python -m llmbook.build --profile {PROFILE} html`")
+        pytest.fail(f"no built HTML at {HTML}; run "
+                    f"`python -m llmbook.build --profile {PROFILE} html`")
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"no Chromium at {CHROMIUM}; run `make browser` (Debian's chromium package)")
     try:
