@@ -1,16 +1,22 @@
-"""Build the book: stage the sources, execute the chapters with papermill, render HTML and PDF, check the PDF.
+"""Build the book: stage the sources, execute the chapters with papermill, render HTML and
+PDF, check the PDF.
 
 Usage (the Makefile calls these; run ``python -m llmbook.build --help``)::
 
-    python -m llmbook.build --profile cpu execute   # run every chapter into the stage (only those that changed)
-    python -m llmbook.build --profile cpu html pdf  # render the staged, executed book
-    python -m llmbook.build --profile cpu check     # the PDF exists, has every chapter title, no missing glyph
+    python -m llmbook.build --profile cpu execute
+        # run every chapter into the stage (only those that changed)
+    python -m llmbook.build --profile cpu html pdf
+        # render the staged, executed book
+    python -m llmbook.build --profile cpu check
+        # the PDF exists, has every chapter title, no missing glyph
 
-The stage is ``_build/<profile>/stage``: a copy of ``_config.yml``, ``_toc.yml`` and ``book/``, a link to ``code/``
-(so that ``literalinclude`` reaches the package source) and the executed chapters. A chapter is re-executed
-only when its notebook, the package source or the profile changed: the executed copy records a key that hashes
-all three. Papermill writes its output as it goes, so execution goes to a temporary file that is renamed into
-place only on success; an interrupted or failing run never leaves a copy that looks finished.
+The stage is ``_build/<profile>/stage``: a copy of ``_config.yml``, ``_toc.yml`` and
+``book/``, a link to ``code/`` (so that ``literalinclude`` reaches the package source) and
+the executed chapters. A chapter is re-executed only when its notebook, the package source
+or the profile changed: the executed copy records a key that hashes all three. Papermill
+writes its output as it goes, so execution goes to a temporary file that is renamed into
+place only on success; an interrupted or failing run never leaves a copy that looks
+finished.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ class BuildError(RuntimeError):
 
 def _root() -> Path:
     if REPO_ROOT is None:
-        raise BuildError("the book builds from a checkout of the repository (pip install -e .), not an installed copy")
+        raise BuildError("the book builds from a checkout of the repository "
+                         "(pip install -e .), not an installed copy")
     return REPO_ROOT
 
 
@@ -58,10 +65,12 @@ def chapter_sources() -> list[Path]:
 
 
 def package_digest() -> str:
-    """Hash of every source file of the package: a change anywhere re-executes the chapters."""
+    """Hash of every source file of the package: a change anywhere re-executes the
+    chapters."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        if path.name == "build.py":  # the build itself does not change what a chapter computes
+        # the build itself does not change what a chapter computes
+        if path.name == "build.py":
             continue
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
         digest.update(path.read_bytes())
@@ -82,8 +91,8 @@ def _notebook_digest(notebook: Path) -> str:
 def stale_reason(source: Path, profile: str, package: str) -> str | None:
     """Why the chapter must run (None when its executed copy is up to date).
 
-    The executed copy records the digests of what it was computed from, so the build can say which
-    of the three changed: the notebook, the package, or the profile.
+    The executed copy records the digests of what it was computed from, so the build can say
+    which of the three changed: the notebook, the package, or the profile.
     """
     import nbformat
 
@@ -93,11 +102,13 @@ def stale_reason(source: Path, profile: str, package: str) -> str | None:
     recorded = nbformat.read(target, as_version=4).metadata.get("llmbook", {})
     if recorded.get("key") == execution_key(source, profile, package):
         return None
-    changed = [name for name, now in (("notebook", _notebook_digest(source)), ("package", package),
-                                      ("profile", profile)) if name in recorded and recorded[name] != now]
+    changed = [name for name, now in (("notebook", _notebook_digest(source)),
+                                      ("package", package), ("profile", profile))
+               if name in recorded and recorded[name] != now]
     if changed:
         return " and ".join(changed) + " changed"
-    return "notebook, package or profile changed"  # a copy from a build that did not record which
+    # a copy from a build that did not record which
+    return "notebook, package or profile changed"
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -107,12 +118,14 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def mathjax_source() -> Path:
-    """MathJax 3, served with the HTML so that maths renders offline (fetched by ``make setup`` from npm)."""
+    """MathJax 3, served with the HTML so that maths renders offline (fetched by
+    ``make setup`` from npm)."""
     path = _root() / ".venv" / "share" / "mathjax" / MATHJAX_FILE
     env = os.environ.get("LLMBOOK_MATHJAX")
     path = Path(env) if env else path
     if not path.is_file():
-        raise BuildError(f"MathJax not found at {path}; run `make setup` (it runs `npm pack mathjax@3.2.2`) "
+        raise BuildError(f"MathJax not found at {path}; run `make setup` "
+                         "(it runs `npm pack mathjax@3.2.2`) "
                          "or set LLMBOOK_MATHJAX to a local tex-svg-full.js")
     return path
 
@@ -121,7 +134,8 @@ def prepare_stage(profile: str) -> Path:
     """Refresh the stage's copies of the book sources (executed chapters are kept)."""
     root, stage = _root(), stage_dir(profile)
     (stage / "chapters").mkdir(parents=True, exist_ok=True)
-    for leftover in (stage / "chapters").glob(".*.partial.ipynb"):  # from a run killed mid-chapter
+    # from a run killed mid-chapter
+    for leftover in (stage / "chapters").glob(".*.partial.ipynb"):
         leftover.unlink()
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, stage / name)
@@ -135,29 +149,36 @@ def prepare_stage(profile: str) -> Path:
 
 
 def _tag_parameter_cells(notebook) -> None:
-    """Hide the parameters cells in the rendered book; they stay in the notebook for papermill and nbval."""
+    """Hide the parameters cells in the rendered book; they stay in the notebook for
+    papermill and nbval."""
     for cell in notebook.cells:
         tags = cell.setdefault("metadata", {}).setdefault("tags", [])
-        if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
+        if (("parameters" in tags or "injected-parameters" in tags)
+                and "remove-cell" not in tags):
             tags.append("remove-cell")
 
 
 def _describe_cell(source: Path, executed: Path, exec_count: int) -> str:
-    """Name a failing cell by its number in the notebook as stored (papermill adds cells) and its first line."""
+    """Name a failing cell by its number in the notebook as stored (papermill adds cells)
+    and its first line."""
     import nbformat
 
     try:
         cells = nbformat.read(executed, as_version=4).cells
-        code = next(c.source for c in cells if c.cell_type == "code" and c.execution_count == exec_count)
-        number = [c.source for c in nbformat.read(source, as_version=4).cells].index(code) + 1
+        code = next(c.source for c in cells
+                    if c.cell_type == "code" and c.execution_count == exec_count)
+        number = [c.source
+                  for c in nbformat.read(source, as_version=4).cells].index(code) + 1
     except (ValueError, StopIteration, OSError):
         return f"the cell with execution count {exec_count}"
     first_line = code.strip().splitlines()[0] if code.strip() else ""
     return f"cell {number} ({first_line[:60]!r})"
 
 
-def execute_chapter(source: Path, profile: str, package: str, *, force: bool = False) -> tuple[str, float]:
-    """Execute one chapter into the stage unless its executed copy is up to date. Returns (status, seconds)."""
+def execute_chapter(source: Path, profile: str, package: str, *,
+                    force: bool = False) -> tuple[str, float]:
+    """Execute one chapter into the stage unless its executed copy is up to date. Returns
+    (status, seconds)."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -165,7 +186,8 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
     target = stage_dir(profile) / "chapters" / source.name
     if not force and stale_reason(source, profile, package) is None:
         return "up to date", 0.0
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".partial.ipynb", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".partial.ipynb",
+                                    dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     start = time.perf_counter()
@@ -173,22 +195,25 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
         papermill.execute_notebook(
             str(source), str(tmp), parameters={"profile": profile}, cwd=str(source.parent),
             kernel_name="python3", progress_bar=False, log_output=False,
-            # The kernel warns at start-up that it talks to us over TCP without encryption. It
-            # listens on the loopback address only, with an HMAC-signed protocol, for the length
-            # of one chapter: the warning says nothing a reader of the build output can act on.
+            # The kernel warns at start-up that it talks to us over TCP without encryption.
+            # It listens on the loopback address only, with an HMAC-signed protocol, for the
+            # length of one chapter: the warning says nothing a reader of the build output
+            # can act on.
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         seconds = time.perf_counter() - start
         executed = nbformat.read(tmp, as_version=4)
         _tag_parameter_cells(executed)
         executed.metadata["llmbook"] = {
-            "key": execution_key(source, profile, package), "notebook": _notebook_digest(source),
+            "key": execution_key(source, profile, package),
+            "notebook": _notebook_digest(source),
             "package": package, "profile": profile, "seconds": round(seconds, 1),
         }
         nbformat.write(executed, tmp)
         tmp.replace(target)
     except PapermillExecutionError as exc:
-        raise BuildError(f"chapters/{source.name} failed in {_describe_cell(source, tmp, exc.exec_count)}: "
+        raise BuildError(f"chapters/{source.name} failed in "
+                         f"{_describe_cell(source, tmp, exc.exec_count)}: "
                          f"{exc.ename}: {exc.evalue}") from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -196,7 +221,8 @@ def execute_chapter(source: Path, profile: str, package: str, *, force: bool = F
 
 
 def execute(profile: str, *, force: bool = False) -> None:
-    """Run the chapters that are out of date, saying which run, why, and how long each took."""
+    """Run the chapters that are out of date, saying which run, why, and how long each
+    took."""
     prepare_stage(profile)
     package = package_digest()
     sources = chapter_sources()
@@ -206,7 +232,8 @@ def execute(profile: str, *, force: bool = False) -> None:
     stale = {p.name for p in chapters.glob("*.ipynb")} - {p.name for p in sources}
     for name in stale:  # a chapter renamed or deleted in the sources
         (chapters / name).unlink()
-    reasons = {source: "--force" if force else stale_reason(source, profile, package) for source in sources}
+    reasons = {source: "--force" if force else stale_reason(source, profile, package)
+               for source in sources}
     to_run = [source for source in sources if reasons[source] is not None]
     print(f"[{profile}] {len(to_run)} of {len(sources)} chapters to execute"
           + ("" if to_run else ": all up to date"), flush=True)
@@ -226,33 +253,38 @@ def execute(profile: str, *, force: bool = False) -> None:
 
 def _jupyter_book(stage: Path, builder: str) -> None:
     exe = Path(sys.executable).with_name("jupyter-book")
-    command = [str(exe), "build", str(stage), "--builder", builder, "--all", "--warningiserror", "--keep-going"]
+    command = [str(exe), "build", str(stage), "--builder", builder, "--all",
+               "--warningiserror", "--keep-going"]
     result = subprocess.run(command, cwd=stage, text=True, capture_output=True)
     if result.returncode != 0:
         print(result.stdout[-20000:])
         print(result.stderr[-20000:], file=sys.stderr)
-        raise BuildError(f"jupyter-book {builder} build failed (exit {result.returncode}); the log is above")
+        raise BuildError(f"jupyter-book {builder} build failed (exit {result.returncode}); "
+                         "the log is above")
 
 
-# The setup cell (imports, paths) folds away in HTML, and what libraries print on stderr while
-# loading (matplotlib's "building the font cache", for one) is not part of the chapter.
+# The setup cell (imports, paths) folds away in HTML, and what libraries print on stderr
+# while loading (matplotlib's "building the font cache", for one) is not part of the
+# chapter.
 SETUP_TAGS = ("hide-input", "remove-stderr")
 
 
 def _setup_cell(notebook):
-    """The chapter's setup cell: its first code cell after the parameters (imports and paths)."""
+    """The chapter's setup cell: its first code cell after the parameters (imports and
+    paths)."""
     for cell in notebook.cells:
         tags = cell.get("metadata", {}).get("tags", [])
-        if cell.cell_type == "code" and not {"parameters", "injected-parameters", "remove-cell"} & set(tags):
+        if cell.cell_type == "code" and not (
+                {"parameters", "injected-parameters", "remove-cell"} & set(tags)):
             return cell
     return None
 
 
 def tag_setup_cells(profile: str) -> None:
-    """Tag each staged chapter's setup cell (:data:`SETUP_TAGS`): in HTML a reader sees "Show
-    code cell source" and opens it with one click; the PDF shows the code as before (myst-nb's
-    ``hide-input`` acts on HTML only). The chapter sources are left alone: this is the
-    editions' choice, so the build tags the executed copies."""
+    """Tag each staged chapter's setup cell (:data:`SETUP_TAGS`): in HTML a reader sees
+    "Show code cell source" and opens it with one click; the PDF shows the code as before
+    (myst-nb's ``hide-input`` acts on HTML only). The chapter sources are left alone: this
+    is the editions' choice, so the build tags the executed copies."""
     import nbformat
 
     for path in sorted((stage_dir(profile) / "chapters").glob("[0-9]*.ipynb")):
@@ -291,11 +323,13 @@ def pdf_path(profile: str) -> Path:
 
 def pdf(profile: str) -> Path:
     if shutil.which("xelatex") is None:
-        raise BuildError("xelatex is not installed; run `make tex` as root, or see README.md for the Debian packages")
+        raise BuildError("xelatex is not installed; run `make tex` as root, "
+                         "or see README.md for the Debian packages")
     stage = prepare_stage(profile)
     path = pdf_path(profile)
-    # LaTeX reads its own .aux/.toc from the previous run; an interrupted run leaves them truncated and
-    # every later run fails on them, and a stale PDF could pass the check. Start the LaTeX side clean.
+    # LaTeX reads its own .aux/.toc from the previous run; an interrupted run leaves them
+    # truncated and every later run fails on them, and a stale PDF could pass the check.
+    # Start the LaTeX side clean.
     if path.parent.exists():
         shutil.rmtree(path.parent)
     tag_setup_cells(profile)
@@ -315,7 +349,8 @@ def chapter_titles() -> list[str]:
     for source in chapter_sources():
         notebook = nbformat.read(source, as_version=4)
         for cell in notebook.cells:
-            match = re.search(r"^# (.+)$", cell.source, flags=re.M) if cell.cell_type == "markdown" else None
+            match = (re.search(r"^# (.+)$", cell.source, flags=re.M)
+                     if cell.cell_type == "markdown" else None)
             if match:
                 titles.append(match.group(1).strip())
                 break
@@ -325,20 +360,23 @@ def chapter_titles() -> list[str]:
 
 
 def check_pdf(profile: str) -> None:
-    """The PDF exists, every chapter title is in its text, LaTeX reported no missing glyph, and
-    no code line was too long for its box (LaTeX wraps it and marks the continuation with ↪)."""
+    """The PDF exists, every chapter title is in its text, LaTeX reported no missing glyph,
+    and no code line was too long for its box (LaTeX wraps it and marks the continuation
+    with ↪)."""
     path = pdf_path(profile)
     if not path.is_file():
         raise BuildError(f"no PDF at {path}; build it first (python -m llmbook.build pdf)")
-    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True,
+                          text=True, check=True).stdout
     flat = re.sub(r"\s+", " ", text)
-    missing = [title for title in chapter_titles() if re.sub(r"\s+", " ", title) not in flat]
+    missing = [title for title in chapter_titles()
+               if re.sub(r"\s+", " ", title) not in flat]
     log = path.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
     glyphs = sorted(set(re.findall(r"Missing character: There is no (.+?) in font", log)))
     wrapped = [line.strip() for line in text.splitlines() if "\u21aa" in line]
     overfull = len(re.findall(r"^Overfull \\hbox", log, flags=re.M))
-    pages = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+    pages = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True,
+                           check=True).stdout
     page_count = re.search(r"Pages:\s+(\d+)", pages).group(1)
     problems = []
     if missing:
@@ -346,18 +384,23 @@ def check_pdf(profile: str) -> None:
     if glyphs:
         problems.append(f"LaTeX reported missing characters: {glyphs}")
     if wrapped:
-        problems.append(f"{len(wrapped)} code lines wrap in the PDF (too long for the code box), "
-                        f"e.g. {wrapped[:3]}; shorten them (ruff's line length keeps the package "
-                        "within the box)")
+        problems.append(f"{len(wrapped)} code lines wrap in the PDF "
+                        "(too long for the code box), "
+                        f"e.g. {wrapped[:3]}; shorten them "
+                        "(ruff's line length keeps the package within the box)")
     if problems:
         raise BuildError("; ".join(problems))
-    print(f"PDF check passed: {path} ({page_count} pages, all {len(chapter_titles())} chapter titles, "
-          f"no missing glyphs, no wrapped code lines; {overfull} Overfull \\hbox warnings in the log)")
+    print(f"PDF check passed: {path} ({page_count} pages, "
+          f"all {len(chapter_titles())} chapter titles, "
+          "no missing glyphs, no wrapped code lines; "
+          f"{overfull} Overfull \\hbox warnings in the log)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmbook.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("steps", nargs="+", choices=["execute", "html", "pdf", "check", "all"])
+    parser = argparse.ArgumentParser(prog="python -m llmbook.build",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("steps", nargs="+",
+                        choices=["execute", "html", "pdf", "check", "all"])
     parser.add_argument("--profile", default="cpu", help=f"one of: {', '.join(PROFILES)}")
     parser.add_argument("--force", action="store_true", help="re-execute every chapter")
     args = parser.parse_args(argv)
@@ -377,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; executed chapters so far are kept, partial ones were discarded", file=sys.stderr)
+        print("interrupted; executed chapters so far are kept, partial ones were discarded",
+              file=sys.stderr)
         return 130
     return 0
 
