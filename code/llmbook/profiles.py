@@ -262,7 +262,8 @@ PROFILES: dict[str, Profile] = {
                             grad_clip=1.0, dropout=0.2, eval_interval=250,
                             eval_tokens=1 << 18, log_interval=25, dtype="bfloat16",
                             compile=True, optimizer="fused", keep_best=True),
-        train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=128,
+        # width 192: a multiple of book-gpu's 6 heads (128 is not, and cannot build)
+        train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=192,
                                       overfit_train_tokens=32768, overfit_batch_size=16,
                                       overfit_steps=1000, overfit_lr=1e-3,
                                       overfit_dropout=0.2, sample_tokens=300),
