@@ -182,6 +182,18 @@ def test_token_file_round_trip_and_dtype(tmp_path):
     assert data.TokenFile(big).ids.dtype == np.uint32
 
 
+def test_token_file_verifies_in_chunks_of_any_size(tmp_path):
+    path = data.write_token_file(tmp_path / "t.bin", np.arange(1001) % 300, vocab_size=300,
+                                 tokenizer="test")  # 2,002 bytes: chunks that do not divide it
+    tokens = data.TokenFile(path, verify=True)
+    for chunk_bytes in (1, 7, 2002, 1 << 24):
+        tokens.verify(chunk_bytes)
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        tokens.verify(0)
+    empty = data.write_token_file(tmp_path / "e.bin", [], vocab_size=256, tokenizer="bytes")
+    data.TokenFile(empty).verify()
+
+
 def test_token_file_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         data.write_token_file(tmp_path / "t.bin", [0, 256], vocab_size=256, tokenizer="bytes")
@@ -198,8 +210,11 @@ def test_corrupt_token_files_are_clear_errors(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[10] ^= 1
     path.write_bytes(bytes(raw))  # same size, changed content
+    opened = data.TokenFile(path)  # opening reads no data, so it cannot see the change
     with pytest.raises(data.CorruptTokenFileError, match="SHA-256"):
-        data.TokenFile(path)
+        opened.verify()
+    with pytest.raises(data.CorruptTokenFileError, match="SHA-256"):
+        data.TokenFile(path, verify=True)
     meta = path.with_suffix(".json")
     meta.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(data.CorruptTokenFileError, match="not llmbook token metadata"):

@@ -530,6 +530,7 @@ def write_token_file(path: Path, ids: np.ndarray | Sequence[int], *, vocab_size:
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     atomic_write_text(_meta_path(path), json.dumps(meta, indent=1) + "\n")
+    TokenFile(path).verify()  # once, as built: what is on disk is what was written
     return path
 
 
@@ -537,11 +538,13 @@ class TokenFile:
     """A token file opened read-only and memory-mapped: ``ids`` is an ``np.memmap`` of
     ``count`` ids.
 
-    Opening checks the metadata and the file size (cheap); ``verify=True`` also checks the
-    SHA-256 digest.
+    Opening checks the metadata and the file size, which costs the same for any size of
+    file. The SHA-256 digest, which reads every byte, is checked once when the file is
+    written (:func:`write_token_file`) and on request: ``verify=True`` or
+    :meth:`verify`.
     """
 
-    def __init__(self, path: Path, *, verify: bool = True) -> None:
+    def __init__(self, path: Path, *, verify: bool = False) -> None:
         self.path = Path(path)
         meta_path = _meta_path(self.path)
         if not self.path.is_file() or not meta_path.is_file():
@@ -570,7 +573,20 @@ class TokenFile:
                                         "files and rebuild")
         self.ids = (np.memmap(self.path, dtype=dtype, mode="r") if expected
                     else np.zeros(0, dtype=dtype))
-        if verify and hashlib.sha256(self.ids.tobytes()).hexdigest() != self.meta["sha256"]:
+        if verify:
+            self.verify()
+
+    def verify(self, chunk_bytes: int = 1 << 24) -> None:
+        """Hash the file in chunks of ``chunk_bytes`` (16 MiB: memory stays flat whatever
+        the file's size) and raise :class:`CorruptTokenFileError` unless the digest is
+        the one in the metadata."""
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        digest = hashlib.sha256()
+        raw = self.ids.view(np.uint8)  # the file's bytes, still memory-mapped
+        for start in range(0, raw.size, chunk_bytes):
+            digest.update(raw[start:start + chunk_bytes].tobytes())
+        if digest.hexdigest() != self.meta["sha256"]:
             raise CorruptTokenFileError(f"{self.path} does not match the SHA-256 in its "
                                         "metadata: the data was changed after writing; "
                                         "delete both files and rebuild")
