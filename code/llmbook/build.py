@@ -359,10 +359,26 @@ def chapter_titles() -> list[str]:
     return titles
 
 
+def wrapped_code_lines(text: str) -> list[str]:
+    """The code lines LaTeX had to wrap in the PDF's text (``pdftotext -layout``): each is
+    printed up to the box's edge and continued on a line that starts with ↪. Returns the
+    first part of each (up to the break), stripped."""
+    lines = text.splitlines()
+    return [lines[i - 1].strip().rstrip("\u2423").rstrip()
+            for i in range(1, len(lines)) if lines[i].lstrip().startswith("\u21aa")]
+
+
+def package_lines() -> set[str]:
+    """Every source line of the package, stripped: what the book quotes."""
+    return {line.strip() for path in PACKAGE_DIR.rglob("*.py")
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def check_pdf(profile: str) -> None:
     """The PDF exists, every chapter title is in its text, LaTeX reported no missing glyph,
-    and no code line was too long for its box (LaTeX wraps it and marks the continuation
-    with ↪)."""
+    and no line of the package that the book quotes was too long for its code box (LaTeX
+    wraps it and marks the continuation with ↪). Wrapped lines of chapter cells and their
+    outputs are counted and reported."""
     path = pdf_path(profile)
     if not path.is_file():
         raise BuildError(f"no PDF at {path}; build it first (python -m llmbook.build pdf)")
@@ -373,7 +389,9 @@ def check_pdf(profile: str) -> None:
                if re.sub(r"\s+", " ", title) not in flat]
     log = path.with_suffix(".log").read_text(encoding="utf-8", errors="replace")
     glyphs = sorted(set(re.findall(r"Missing character: There is no (.+?) in font", log)))
-    wrapped = [line.strip() for line in text.splitlines() if "\u21aa" in line]
+    wrapped = wrapped_code_lines(text)
+    source = package_lines()
+    from_package = [w for w in wrapped if any(w and w in line for line in source)]
     overfull = len(re.findall(r"^Overfull \\hbox", log, flags=re.M))
     pages = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True,
                            check=True).stdout
@@ -383,17 +401,20 @@ def check_pdf(profile: str) -> None:
         problems.append(f"chapter titles not found in the PDF text: {missing}")
     if glyphs:
         problems.append(f"LaTeX reported missing characters: {glyphs}")
-    if wrapped:
-        problems.append(f"{len(wrapped)} code lines wrap in the PDF "
-                        "(too long for the code box), "
-                        f"e.g. {wrapped[:3]}; shorten them "
-                        "(ruff's line length keeps the package within the box)")
+    if from_package:
+        problems.append(f"{len(from_package)} package lines wrap in the PDF (too long "
+                        f"for the code box), e.g. {from_package[:3]}; shorten them (ruff's "
+                        "line length in pyproject.toml keeps the package within the box)")
     if problems:
         raise BuildError("; ".join(problems))
+    others = len(wrapped) - len(from_package)
     print(f"PDF check passed: {path} ({page_count} pages, "
-          f"all {len(chapter_titles())} chapter titles, "
-          "no missing glyphs, no wrapped code lines; "
+          f"all {len(chapter_titles())} chapter titles, no missing glyphs, no wrapped "
+          f"package lines; {others} wrapped lines of chapter cells and outputs; "
           f"{overfull} Overfull \\hbox warnings in the log)")
+    if others:
+        examples = [w[:60] for w in wrapped if w not in from_package][:5]
+        print("  wrapped, e.g.: " + " | ".join(examples))
 
 
 def main(argv: list[str] | None = None) -> int:
