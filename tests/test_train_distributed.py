@@ -166,3 +166,14 @@ def test_bad_world_size_under_torchrun_is_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "rendezvous" in result.stderr
+
+
+def test_scale_settings_are_validated():
+    from llmbook.profiles import ScaleSettings
+
+    good = dict(seq_lens=(32, 64), batch_size=2, precision_steps=3, dp_steps=2,
+                allreduce_sizes=(64, 1024), repeats=1, mfu_steps=2)
+    ScaleSettings(**good)
+    for bad in ({"seq_lens": (64, 32)}, {"batch_size": 0}, {"allreduce_sizes": (64,)}):
+        with pytest.raises(ValueError):
+            ScaleSettings(**(good | bad))

@@ -267,7 +267,7 @@ PROFILES: dict[str, Profile] = {
                                       overfit_train_tokens=8192, overfit_batch_size=4,
                                       overfit_steps=300, overfit_lr=3e-3,
                                       overfit_dropout=0.2, sample_tokens=120),
-        scale=ScaleSettings(seq_lens=(64, 128, 256, 512), batch_size=4, precision_steps=60,
+        scale=ScaleSettings(seq_lens=(32, 64, 128, 256), batch_size=2, precision_steps=30,
                             dp_steps=3, allreduce_sizes=(2**12, 2**16, 2**19, 2**21),
                             repeats=3, mfu_steps=20),
     ),
