@@ -295,7 +295,7 @@ PROFILES: dict[str, Profile] = {
                                       overfit_train_tokens=32768, overfit_batch_size=16,
                                       overfit_steps=1000, overfit_lr=1e-3,
                                       overfit_dropout=0.2, sample_tokens=300),
-        scale=ScaleSettings(seq_lens=(256, 512, 1024, 2048, 4096), batch_size=8,
+        scale=ScaleSettings(seq_lens=(256, 512, 1024, 2048), batch_size=4,
                             precision_steps=300, dp_steps=5,
                             allreduce_sizes=(2**12, 2**16, 2**20, 2**23), repeats=5,
                             mfu_steps=30),
