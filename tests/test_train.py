@@ -449,12 +449,6 @@ def test_command_line_run_resume_and_errors(tmp_path, capsys):
         train_main(["--profile", "cpu", "--out", str(tmp_path / "x"), "--set", "steps=many"])
 
 
-def test_command_line_refuses_multi_process_runs_for_now(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match="data parallelism"):
-        train_main(["--profile", "cpu", "--out", "unused"])
-
-
 def test_module_runs_as_a_program():
     result = subprocess.run([sys.executable, "-m", "llmbook.train", "--help"], capture_output=True, text=True,
                             check=True)

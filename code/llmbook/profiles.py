@@ -199,6 +199,31 @@ class TrainDemoSettings:
 
 
 @dataclass(frozen=True)
+class ScaleSettings:
+    """Chapter 6: the sizes of the chapter's measurements (memory, checkpointing,
+    precision, data parallelism, communication, MFU)."""
+
+    seq_lens: tuple[int, ...]  # memory versus sequence length, with and without checkpoints
+    batch_size: int  # the micro-batch of the memory and checkpointing measurements
+    precision_steps: int  # the fp32 versus bf16-autocast run, in steps
+    dp_steps: int  # steps of the data-parallel equality runs (2 gloo processes)
+    allreduce_sizes: tuple[int, ...]  # bytes per measured all-reduce (the alpha-beta fit)
+    repeats: int  # timing repeats (the fastest counts)
+    mfu_steps: int  # steps of the MFU measurement (GPU only)
+
+    def __post_init__(self) -> None:
+        sizes = (self.batch_size, self.precision_steps, self.dp_steps, self.repeats,
+                 self.mfu_steps)
+        if min(sizes) < 1 or not self.seq_lens or min(self.seq_lens) < 1:
+            raise ValueError(f"scale sizes must be positive integers, got {self}")
+        if list(self.seq_lens) != sorted(set(self.seq_lens)):
+            raise ValueError(f"seq_lens must increase, got {self.seq_lens}")
+        if len(self.allreduce_sizes) < 2 or min(self.allreduce_sizes) < 1:
+            raise ValueError("allreduce_sizes needs at least two positive sizes (a line "
+                             f"has two constants), got {self.allreduce_sizes}")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -209,6 +234,7 @@ class Profile:
     model: ModelSettings
     train: TrainSettings
     train_demos: TrainDemoSettings
+    scale: ScaleSettings
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -241,6 +267,9 @@ PROFILES: dict[str, Profile] = {
                                       overfit_train_tokens=8192, overfit_batch_size=4,
                                       overfit_steps=300, overfit_lr=3e-3,
                                       overfit_dropout=0.2, sample_tokens=120),
+        scale=ScaleSettings(seq_lens=(32, 64, 128, 256), batch_size=2, precision_steps=30,
+                            dp_steps=3, allreduce_sizes=(2**12, 2**16, 2**19, 2**21),
+                            repeats=3, mfu_steps=20),
     ),
     "gpu": Profile(
         name="gpu",
@@ -267,6 +296,10 @@ PROFILES: dict[str, Profile] = {
                                       overfit_train_tokens=32768, overfit_batch_size=16,
                                       overfit_steps=1000, overfit_lr=1e-3,
                                       overfit_dropout=0.2, sample_tokens=300),
+        scale=ScaleSettings(seq_lens=(256, 512, 1024, 2048), batch_size=4,
+                            precision_steps=300, dp_steps=5,
+                            allreduce_sizes=(2**12, 2**16, 2**20, 2**23), repeats=5,
+                            mfu_steps=30),
     ),
 }
 

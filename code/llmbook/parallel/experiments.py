@@ -355,3 +355,78 @@ def pipeline_worker(rank: int, world: int, runs: list[tuple[str, int]]) -> dict:
         grads = {n: g.detach().clone() for n, g in stage.gradients().items()}
         out[schedule, n_micro] = {"loss": loss, "grads": grads, "peak": peak}
     return out
+
+
+def trainer_worker(rank: int, world: int, parallel: str, config, token_file: str,
+                   checkpoint: str | None, stop: int | None) -> dict:
+    """The book's Trainer on ``world`` processes, wrapped as the command line wraps it
+    (:func:`llmbook.train.distributed.data_parallel_wrap`), on a token file's windows
+    sharded by rank. With ``stop`` it trains to that step and writes ``checkpoint``; with
+    ``checkpoint`` alone it resumes from it and finishes the run. Returns the whole
+    parameters (gathered under FSDP) and the log."""
+    from llmbook.batches import BatchStream
+    from llmbook.data import TokenFile
+    from llmbook.train import Trainer
+    from llmbook.train.distributed import Launch, data_parallel_wrap, model_state
+
+    s = config.settings
+    stream = BatchStream(TokenFile(token_file), config.model.block_size, s.batch_size,
+                         seed=config.seed, rank=rank, world_size=world)
+    launch = Launch(rank, world, rank, torch.device("cpu"), "gloo")
+    wrap = data_parallel_wrap(parallel, launch) if world > 1 else None
+    trainer = Trainer(config, stream, rank=rank, world_size=world, wrap=wrap)
+    if checkpoint is not None and stop is None:
+        trainer.resume(checkpoint)
+    trainer.fit(until=stop, checkpoint_path=checkpoint)
+    params = {k: v.detach().cpu().clone() for k, v in model_state(trainer.model).items()}
+    log = [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")}
+           for r in trainer.log]
+    return {"params": params, "log": log}
+
+
+def trainer_runs(rank: int, world: int, runs: list[tuple]) -> list[dict]:
+    """:func:`trainer_worker` for each ``(parallel, config, token_file, checkpoint,
+    stop)`` in turn, in one launch (starting processes costs more than the runs)."""
+    return [trainer_worker(rank, world, *run) for run in runs]
+
+
+def ddp_timing_worker(rank: int, world: int, config: GPTConfig, batch_size: int,
+                      steps: int) -> dict:
+    """Median seconds of a training step (forward, backward with the gradient all-reduce,
+    AdamW) of ``GPT(config)`` on ``batch_size`` sequences per rank: our
+    :class:`DataParallel` against ``DistributedDataParallel``, alternated step by step
+    so that a change in the machine's load hits both alike. With ``world == 1``, the
+    plain model (the baseline of scaling efficiency)."""
+    import statistics
+    import time
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randint(0, config.vocab_size, (batch_size, config.block_size), generator=gen)
+    variants = {"plain": GPT(config)} if world == 1 else {
+        "ours": DataParallel(GPT(config)),
+        "torch": nn.parallel.DistributedDataParallel(GPT(config))}
+    optimizers = {k: make_adamw(m) for k, m in variants.items()}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for step in range(steps + 1):  # the first step warms up and is not counted
+        for name, model in variants.items():
+            if world > 1:
+                dist.barrier()  # start together: a step is as slow as its slowest rank
+            start = time.perf_counter()
+            model(x, x)[1].backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad()
+            if step:
+                times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def chapter_worker(rank: int, world: int, steps: int, zero_steps: int, max_norm: float,
+                   pipeline_runs: list[tuple[str, int]]) -> dict:
+    """Chapter 6's multi-process comparisons in one launch: data parallelism, ZeRO-1 and
+    FSDP2 (:func:`data_parallel_worker`), tensor parallelism
+    (:func:`tensor_parallel_worker`) and the two-stage pipeline
+    (:func:`pipeline_worker`)."""
+    return {"data": data_parallel_worker(rank, world, steps, zero_steps, max_norm),
+            "tensor": tensor_parallel_worker(rank, world),
+            "pipeline": pipeline_worker(rank, world, pipeline_runs)}

@@ -1,5 +1,20 @@
 """``python -m llmbook.train``: pretrain the book's GPT from the command line
-(Chapter 5)."""
+(Chapter 5), on one process or on several under ``torchrun`` (Chapter 6).
+
+One machine, two processes (gloo on CPUs, NCCL on GPUs)::
+
+    torchrun --standalone --nproc_per_node=2 -m llmbook.train --profile cpu \
+        --out runs/ddp --parallel ddp
+
+Two machines: run this on each, HOST being the first machine's address::
+
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d \
+        --rdzv-endpoint=HOST:29500 --rdzv-id=run1 -m llmbook.train --profile gpu \
+        --out runs/fsdp --parallel fsdp
+
+``--set batch_size=B`` is each process's micro-batch: the global batch is
+``B x grad_accum x processes`` sequences.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +26,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch.distributed as dist
+
 from llmbook.artifacts import atomic_write_text
 from llmbook.model import GPTConfig
 from llmbook.profiles import TrainSettings, get_profile
 from llmbook.train.book import book_splits, pretrained_model
 from llmbook.train.checkpoint import CheckpointError
 from llmbook.train.config import TrainConfig
+from llmbook.train.distributed import PARALLEL, data_parallel_wrap, launch_from_env
 from llmbook.train.loop import Trainer
 from llmbook.train.pretrained import LOG_FILE, finish_run
 
@@ -70,18 +88,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-interval", type=int, default=None,
                         help="steps between checkpoints (default: only at the end)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--parallel", choices=PARALLEL, default="ddp",
+                        help="under torchrun: our data parallelism (ddp), torch's "
+                             "DistributedDataParallel (torch-ddp) or FSDP2 (fsdp)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:  # torchrun: batches already shard by rank; gradients are Chapter 6's
-        raise SystemExit("multi-process training (torchrun, WORLD_SIZE > 1) needs data "
-                         "parallelism, which Chapter 6 adds; run a single process")
-    rank = int(os.environ.get("RANK", "0"))
     profile = get_profile(args.profile)  # resolved once, here
     overrides = parse_overrides(args.set, TrainSettings)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and args.out is None:
+        raise SystemExit("several processes train into a run directory: pass --out")
+    launch = launch_from_env(profile.device)  # joins the process group under torchrun
+    try:
+        return _run(args, profile, overrides, launch)
+    finally:
+        if launch.backend is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, profile: Any, overrides: dict, launch: Any) -> int:
+    rank, world_size = launch.rank, launch.world_size
     if args.out is None:
         if args.model or args.resume:
             raise SystemExit("--model and --resume need --out (the book's cached model has "
@@ -91,7 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"artifact": str(result.path), **result.summary}, indent=1))
         return 0
 
+    if world_size > 1 and rank != 0:
+        dist.barrier()  # rank 0 builds (or finds) the cached tokenizer and splits first
     tok, splits = book_splits(profile, args.tokenizer)
+    if world_size > 1 and rank == 0:
+        dist.barrier()
     config = TrainConfig.for_profile(profile, vocab_size=tok.n_vocab,
                                      data=splits["train"].tokens.meta["sha256"],
                                      **overrides)
@@ -103,15 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if checkpoint.exists() and not args.resume:
         raise SystemExit(f"{checkpoint} exists: pass --resume to continue that run, or "
                          "choose another --out")
+    wrap = data_parallel_wrap(args.parallel, launch) if world_size > 1 else None
     trainer = Trainer.for_text(config, splits["train"], splits["val"],
-                               device=profile.device, rank=rank, world_size=world_size,
-                               log_path=args.out / LOG_FILE, progress=not args.no_progress)
+                               device=launch.device, rank=rank, world_size=world_size,
+                               wrap=wrap, log_path=args.out / LOG_FILE,
+                               progress=not args.no_progress)
     if args.resume:
         trainer.resume(checkpoint)
     elif trainer.log_path is not None:
         atomic_write_text(trainer.log_path, "")
     trainer.fit(checkpoint_path=checkpoint, checkpoint_interval=args.checkpoint_interval)
-    print(json.dumps(finish_run(trainer, splits, args.out), indent=1))
+    summary = finish_run(trainer, splits, args.out)
+    if rank == 0:  # one process speaks for the run
+        print(json.dumps({"world_size": world_size, **summary}, indent=1))
     return 0
 
 

@@ -42,6 +42,8 @@ from llmbook.optim import WarmupCosine, clip_grad_norm, make_optimizer, set_lear
 from llmbook.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, check_same_run,
                                       encode_checkpoint, load_checkpoint)
 from llmbook.train.config import TrainConfig
+from llmbook.train.distributed import (load_model_state, load_optimizer_state, model_state,
+                                       optimizer_state)
 from llmbook.train.evaluation import EvalResult, TokenSplit, TextEvaluator, evaluate
 from llmbook.train.runtime import (autocast, capture_rng, deterministic_algorithms,
                                    restore_rng, to_device)
@@ -305,7 +307,7 @@ class Trainer:
         if self.settings.keep_best and val_loss is not None and (
                 self.best is None or val_loss < self.best["val_loss"]):
             weights = {k: v.detach().to("cpu", copy=True)
-                       for k, v in self.model.state_dict().items()}
+                       for k, v in model_state(self.model).items()}
             self.best = {"step": self.step, "val_loss": val_loss, "model": weights}
         tokens = self.step * self.config.tokens_per_step * self.world_size
         return {"kind": "eval", "step": self.step, "tokens": tokens, **metrics}
@@ -321,7 +323,7 @@ class Trainer:
         """Load the weights ``keep_best`` kept: the lowest held-out loss at an
         evaluation."""
         if self.best is not None:
-            self.model.load_state_dict(self.best["model"])
+            load_model_state(self.model, self.best["model"])
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -331,8 +333,8 @@ class Trainer:
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "config": self.config.identity(self.world_size),
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state(self.model),  # whole tensors, also under FSDP
+            "optimizer": optimizer_state(self.model, self.optimizer),
             "schedule": dataclasses.asdict(self.schedule),
             "data": self.batches.state_dict(),
             "rng": capture_rng(self.device) if self._rng_active else self._rng,
@@ -346,8 +348,9 @@ class Trainer:
         """Write :meth:`state_dict` to ``path`` atomically: a crash while writing leaves the
         previous checkpoint in place."""
         path = Path(path)
+        state = self.state_dict()  # every rank: gathering a sharded model takes them all
         if self.rank == 0:
-            atomic_write_bytes(path, encode_checkpoint(self.state_dict()))
+            atomic_write_bytes(path, encode_checkpoint(state))
         return path
 
     def resume(self, path: Path | str) -> None:
@@ -355,8 +358,8 @@ class Trainer:
         same :meth:`TrainConfig.identity`)."""
         state = load_checkpoint(path, map_location=self.device)
         check_same_run(path, self.config.identity(self.world_size), state["config"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_model_state(self.model, state["model"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.batches.load_state_dict(state["data"])
         self.step = state["step"]
         self.log = state["log"]

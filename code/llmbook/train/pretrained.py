@@ -15,6 +15,7 @@ from llmbook.artifacts import (atomic_write_bytes, atomic_write_text, cached_art
                                config_dict)
 from llmbook.model import GPT
 from llmbook.train.config import TrainConfig
+from llmbook.train.distributed import model_state
 from llmbook.train.evaluation import TokenSplit
 from llmbook.train.loop import Trainer
 
@@ -67,9 +68,10 @@ def finish_run(trainer: Trainer, splits: dict[str, TokenSplit], out: Path) -> di
         summary |= {f"{name}_loss": result.nats_per_token,
                     f"{name}_bpc": result.bits_per_char,
                     f"{name}_tokens": result.tokens, f"{name}_chars": splits[name].n_chars}
+    weights = {k: v.cpu() for k, v in model_state(model).items()}  # every rank gathers
     if trainer.rank == 0:
         buffer = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+        torch.save(weights, buffer)
         atomic_write_bytes(out / MODEL_FILE, buffer.getvalue())
         atomic_write_text(out / RUN_FILE, json.dumps(config_dict(trainer.config), indent=1))
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
