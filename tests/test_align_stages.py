@@ -240,3 +240,22 @@ def test_chat_cli_says_when_no_model_was_built(tmp_path, monkeypatch, capsys):
     assert chat_cli.main(["--profile", "cpu"], stdin=io.StringIO("")) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no grpo model has been built" in err
+
+
+def test_rank_choices_picks_the_likeliest_candidate(tokenizer):
+    from llmbook.align.sampling import rank_choices
+    model = tiny_gpt(tokenizer).eval()
+    item = ITEMS[0]
+    picks = rank_choices(model, tokenizer, [item])
+    # by hand: the summed log-probability of each candidate's tokens after the prompt
+    head = tokenizer.encode(f"{item.prompt}\nAnswer:")
+    scores = {}
+    for choice in item.choices:
+        ids = tokenizer.encode(f"{item.prompt}\nAnswer: {choice}")
+        assert ids[: len(head)] == head  # the tokenizer splits before " Macbeth"
+        x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+        y[0, : len(head) - 1] = IGNORE_INDEX
+        scores[choice] = float(objectives.response_logprobs(model, x, y)[0])
+    assert picks == [max(scores, key=scores.get)]
+    with pytest.raises(ValueError, match="no choices"):
+        rank_choices(model, tokenizer, [Item("finish", "p/0", "Finish", "it")])

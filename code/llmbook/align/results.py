@@ -20,7 +20,7 @@ from llmbook.align import tasks
 from llmbook.align.chat import END, IGNORE_INDEX, render_prompt
 from llmbook.align.losses import kl_k3
 from llmbook.align.evaluate import bootstrap_ci
-from llmbook.align.sampling import answers, best_of_n, sample_replies
+from llmbook.align.sampling import answers, best_of_n, rank_choices, sample_replies
 from llmbook.align.stages import (StageSpec, chat_base, dpo_stage, grpo_stage,
                                   reward_stage, sft_stage, task_items)
 from llmbook.artifacts import atomic_write_text, cached_artifact
@@ -30,7 +30,7 @@ from llmbook.profiles import Profile
 from llmbook.train import book_splits, evaluate
 
 RESULTS = "results.json"
-ROWS = ("base", "sft", "best-of-n", "dpo", "grpo")
+ROWS = ("base-ranked", "base", "sft", "best-of-n", "dpo", "grpo")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ def measure(profile: Profile) -> dict:
         dpo, grpo = dpo_stage(profile), grpo_stage(profile)
         options = {"max_new_tokens": s.max_new_tokens}
         rows = {
+            "base-ranked": rank_choices(pre.model, pre.tokenizer, held),
             "base": answers(base, tokenizer, held, **options),
             "sft": answers(sft.model, tokenizer, held, **options),
             "best-of-n": best_of_n(sft.model, rm.model, tokenizer, held, n=s.best_of,

@@ -96,3 +96,33 @@ def best_of_n(model: nn.Module, reward_model: nn.Module, tokenizer,
         scores = reward_scores(reward_model, tokenizer, item, texts)
         chosen.append(texts[int(scores.argmax())])
     return chosen
+
+
+@torch.no_grad()
+def rank_choices(model: nn.Module, tokenizer, items: Sequence[Item]) -> list[str]:
+    """For each multiple-choice item, the candidate that ``model`` finds likeliest
+    after the plain text ``"{prompt}\\nAnswer:"`` (the log-probability summed over the
+    tokens of ``" " + candidate``): what a base model "knows" when asked as text, with
+    no chat format to follow."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    picks = []
+    try:
+        for item in items:
+            if not item.choices:
+                raise ValueError(f"item of task {item.task!r} has no choices to rank")
+            head = tokenizer.encode(f"{item.prompt}\nAnswer:")
+            seqs = [head + tokenizer.encode(" " + c) for c in item.choices]
+            length = max(map(len, seqs))
+            idx = torch.tensor([s + [0] * (length - len(s)) for s in seqs], device=device)
+            logp = torch.log_softmax(model(idx)[0][:, :-1].float(), dim=-1)
+            scores = []
+            for row, s in enumerate(seqs):
+                targets = torch.tensor(s[len(head):], device=device)
+                positions = torch.arange(len(head) - 1, len(s) - 1, device=device)
+                scores.append(float(logp[row, positions, targets].sum()))
+            picks.append(item.choices[max(range(len(scores)), key=scores.__getitem__)])
+    finally:
+        model.train(was_training)
+    return picks
