@@ -224,6 +224,44 @@ class ScaleSettings:
 
 
 @dataclass(frozen=True)
+class AlignSettings:
+    """Chapter 8: post-training the book's model (``llmbook.align.stages``): the task, the
+    item counts and each stage's steps and learning rate."""
+
+    task: str  # the task with checkable answers every stage trains and is measured on
+    n_train: int  # training items (SFT examples; prompts for DPO and GRPO)
+    n_test: int  # held-out items, from the validation and test scenes
+    batch_size: int  # conversations (or pairs) per step
+    sft_steps: int
+    sft_lr: float
+    rm_steps: int
+    rm_lr: float
+    best_of: int  # answers sampled per prompt for reward-model best-of-n
+    dpo_steps: int
+    dpo_lr: float
+    dpo_beta: float
+    grpo_steps: int
+    grpo_lr: float
+    grpo_prompts: int  # prompts per GRPO step
+    grpo_group: int  # answers sampled per prompt
+    grpo_kl: float  # weight of the KL penalty to the reference (0: none)
+    temperature: float  # sampling temperature for best-of-n and GRPO
+    max_new_tokens: int  # the longest answer sampled
+    val_tokens: int  # validation tokens scored for bits per character
+
+    def __post_init__(self) -> None:
+        sizes = (self.n_train, self.n_test, self.batch_size, self.sft_steps,
+                 self.rm_steps, self.best_of, self.dpo_steps, self.grpo_steps,
+                 self.grpo_prompts, self.max_new_tokens, self.val_tokens)
+        if min(sizes) < 1 or self.grpo_group < 2:
+            raise ValueError(f"align sizes must be positive (grpo_group >= 2), got {self}")
+        if min(self.sft_lr, self.rm_lr, self.dpo_lr, self.grpo_lr, self.dpo_beta) <= 0:
+            raise ValueError(f"learning rates and dpo_beta must be positive, got {self}")
+        if self.grpo_kl < 0 or not self.temperature > 0:
+            raise ValueError(f"need grpo_kl >= 0 and temperature > 0, got {self}")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -235,6 +273,7 @@ class Profile:
     train: TrainSettings
     train_demos: TrainDemoSettings
     scale: ScaleSettings
+    align: AlignSettings
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -270,6 +309,12 @@ PROFILES: dict[str, Profile] = {
         scale=ScaleSettings(seq_lens=(32, 64, 128, 256), batch_size=2, precision_steps=30,
                             dp_steps=3, allreduce_sizes=(2**12, 2**16, 2**19, 2**21),
                             repeats=3, mfu_steps=20),
+        align=AlignSettings(task="play", n_train=1000, n_test=300, batch_size=16,
+                            sft_steps=150, sft_lr=1e-3, rm_steps=100, rm_lr=1e-3,
+                            best_of=4, dpo_steps=60, dpo_lr=3e-4, dpo_beta=0.1,
+                            grpo_steps=20, grpo_lr=3e-4, grpo_prompts=8, grpo_group=8,
+                            grpo_kl=0.05, temperature=1.0, max_new_tokens=12,
+                            val_tokens=32768),
     ),
     "gpu": Profile(
         name="gpu",
@@ -300,6 +345,12 @@ PROFILES: dict[str, Profile] = {
                             precision_steps=300, dp_steps=5,
                             allreduce_sizes=(2**12, 2**16, 2**20, 2**23), repeats=5,
                             mfu_steps=30),
+        align=AlignSettings(task="play", n_train=1150, n_test=350, batch_size=64,
+                            sft_steps=600, sft_lr=3e-4, rm_steps=300, rm_lr=3e-4,
+                            best_of=8, dpo_steps=300, dpo_lr=1e-4, dpo_beta=0.1,
+                            grpo_steps=100, grpo_lr=1e-4, grpo_prompts=32, grpo_group=8,
+                            grpo_kl=0.05, temperature=1.0, max_new_tokens=16,
+                            val_tokens=1 << 18),
     ),
 }
 
