@@ -290,7 +290,7 @@ PROFILES: dict[str, Profile] = {
                                 width_per_layer=16, head_dim=16, block_size=64,
                                 batch_size=8, lr=5e-3, min_lr=5e-4, warmup_fraction=0.1,
                                 min_steps=15, curve_points=20, eval_tokens=16384,
-                                bootstrap_resamples=200, parametric_resamples=20),
+                                bootstrap_resamples=200, parametric_resamples=8),
     ),
     "gpu": Profile(
         name="gpu",
