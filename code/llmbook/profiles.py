@@ -262,6 +262,50 @@ class AlignSettings:
 
 
 @dataclass(frozen=True)
+class ScalingSettings:
+    """Chapter 7: the book's IsoFLOP sweep (``llmbook.scaling.sweep``). Every shape has
+    ``d_model = width_per_layer * n_layer`` and heads of ``head_dim``; each is trained on
+    ``D = C / flops_per_token`` tokens for each budget ``C`` in ``budgets``."""
+
+    budgets: tuple[float, ...]  # training FLOPs, ascending
+    n_layers: tuple[int, ...]  # the shapes' depths, ascending
+    width_per_layer: int
+    head_dim: int
+    block_size: int
+    batch_size: int  # sequences per optimizer step
+    lr: float
+    min_lr: float
+    warmup_fraction: float  # of each run's steps
+    min_steps: int  # a run shorter than this is refused (its schedule would mean little)
+    curve_points: int  # training-loss records per run (Approach 1's curves)
+    eval_tokens: int  # validation tokens scored at the end of each run
+    bootstrap_resamples: int  # for Approaches 1 and 2
+    parametric_resamples: int  # for Approach 3 (each refit costs an L-BFGS search)
+
+    def __post_init__(self) -> None:
+        if len(self.budgets) < 3 or len(self.n_layers) < 3:
+            raise ValueError(f"an IsoFLOP sweep needs 3+ budgets and 3+ shapes, got "
+                             f"{self.budgets}, {self.n_layers}")
+        for seq in (self.budgets, self.n_layers):
+            if min(seq) <= 0 or list(seq) != sorted(set(seq)):
+                raise ValueError(f"budgets and n_layers must be positive and "
+                                 f"increasing, got {seq}")
+        sizes = (self.width_per_layer, self.head_dim, self.block_size, self.batch_size,
+                 self.min_steps, self.curve_points, self.eval_tokens,
+                 self.bootstrap_resamples, self.parametric_resamples)
+        if min(sizes) < 1:
+            raise ValueError(f"scaling settings sizes must be positive, got {self}")
+        if self.width_per_layer % self.head_dim:
+            raise ValueError(f"width_per_layer={self.width_per_layer} must be a multiple "
+                             f"of head_dim={self.head_dim}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"need 0 < min_lr <= lr, got {self.min_lr}, {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got "
+                             f"{self.warmup_fraction}")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -274,6 +318,7 @@ class Profile:
     train_demos: TrainDemoSettings
     scale: ScaleSettings
     align: AlignSettings
+    scaling: ScalingSettings
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -315,6 +360,11 @@ PROFILES: dict[str, Profile] = {
                             grpo_steps=20, grpo_lr=3e-4, grpo_prompts=8, grpo_group=8,
                             grpo_kl=0.05, temperature=1.0, max_new_tokens=12,
                             val_tokens=32768),
+        scaling=ScalingSettings(budgets=(2e10, 6e10, 1.8e11), n_layers=(1, 2, 3, 4),
+                                width_per_layer=16, head_dim=16, block_size=64,
+                                batch_size=8, lr=5e-3, min_lr=5e-4, warmup_fraction=0.1,
+                                min_steps=15, curve_points=20, eval_tokens=16384,
+                                bootstrap_resamples=200, parametric_resamples=8),
     ),
     "gpu": Profile(
         name="gpu",
@@ -351,6 +401,12 @@ PROFILES: dict[str, Profile] = {
                             grpo_steps=100, grpo_lr=1e-4, grpo_prompts=32, grpo_group=8,
                             grpo_kl=0.05, temperature=1.0, max_new_tokens=16,
                             val_tokens=1 << 18),
+        scaling=ScalingSettings(budgets=(1e14, 2e14, 4e14, 8e14, 1.6e15),
+                                n_layers=(2, 3, 4, 5, 6, 7), width_per_layer=64,
+                                head_dim=32, block_size=256, batch_size=32, lr=2e-3,
+                                min_lr=2e-4, warmup_fraction=0.05, min_steps=50,
+                                curve_points=40, eval_tokens=1 << 17,
+                                bootstrap_resamples=200, parametric_resamples=50),
     ),
 }
 

@@ -1,0 +1,114 @@
+"""Tests for llmbook.scaling.sweep (Chapter 7): the IsoFLOP sweep's plan (shapes, tokens,
+steps, schedules) without training, and one tiny run trained once and then read from the
+cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from llmbook import data
+from llmbook.costs import flops_per_token
+from llmbook.profiles import PROFILES, ScalingSettings
+from llmbook.scaling import sweep
+from llmbook.scaling.accounting import parameter_count
+from llmbook.scaling.fit import Run
+from llmbook.train import Trainer
+from llmbook.train.evaluation import TokenSplit
+
+CPU = PROFILES["cpu"]
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_plan_follows_the_shape_rule_and_the_budget(name):
+    profile = PROFILES[name]
+    s = profile.scaling
+    vocab = 2048 if name == "cpu" else 8192
+    plans = sweep.plan_sweep(profile, vocab, data="abc")
+    assert len(plans) == len(s.budgets) * len(s.n_layers)
+    assert len(s.budgets) >= (3 if name == "cpu" else 5)
+    assert len(s.n_layers) >= (4 if name == "cpu" else 6)
+    for plan in plans:
+        m = plan.model
+        assert m.d_model == s.width_per_layer * m.n_layer
+        assert m.n_head * s.head_dim == m.d_model
+        assert m.block_size == s.block_size and m.vocab_size == vocab
+        tokens_per_step = s.batch_size * s.block_size
+        assert plan.tokens == plan.steps * tokens_per_step
+        # whole steps: the run's FLOPs are within half a step of the budget
+        step_flops = flops_per_token(m) * tokens_per_step
+        assert abs(plan.flops - plan.budget) <= 0.5 * step_flops
+        assert plan.steps >= s.min_steps
+        settings = plan.run.settings
+        assert settings.steps == plan.steps and 1 <= settings.warmup_steps < plan.steps
+        assert settings.eval_interval == plan.steps  # one evaluation, at the end
+        assert settings.lr == s.lr and settings.min_lr == s.min_lr
+        assert not settings.compile and settings.dropout == 0.0
+        assert plan.run.data == "abc"
+    # within a budget, deeper shapes are larger and train on fewer tokens
+    for budget in s.budgets:
+        group = [p for p in plans if p.budget == budget]
+        sizes = [p.params.total for p in group]
+        tokens = [p.tokens for p in group]
+        assert sizes == sorted(sizes) and tokens == sorted(tokens, reverse=True)
+
+
+def test_plan_counts_by_hand():
+    # the 2-layer cpu shape: d_model = 2 * width, heads of head_dim
+    s = CPU.scaling
+    config = sweep.shape_config(CPU, 2, 2048)
+    assert (config.n_layer, config.d_model) == (2, 2 * s.width_per_layer)
+    plan = [p for p in sweep.plan_sweep(CPU, 2048) if p.model == config][0]
+    expected = round(plan.budget / (flops_per_token(config) * s.batch_size * s.block_size))
+    assert plan.steps == expected
+    assert plan.params == parameter_count(config)
+
+
+def test_too_short_runs_and_bad_settings_are_refused():
+    tiny = dataclasses.replace(CPU.scaling, budgets=(1e6, 2e6, 3e6))
+    with pytest.raises(ValueError, match="min_steps"):
+        sweep.plan_sweep(dataclasses.replace(CPU, scaling=tiny), 2048)
+    with pytest.raises(ValueError, match="n_layer must be positive"):
+        sweep.shape_config(CPU, 0, 2048)
+    good = dataclasses.asdict(CPU.scaling)
+    for change in (dict(budgets=(1e10, 1e11)), dict(n_layers=(3, 2, 1)),
+                   dict(width_per_layer=24), dict(min_lr=1.0),
+                   dict(warmup_fraction=1.0), dict(eval_tokens=0)):
+        with pytest.raises(ValueError):
+            ScalingSettings(**{**good, **change})
+
+
+def make_split(path: Path, ids: np.ndarray, name: str) -> TokenSplit:
+    data.write_token_file(path / f"{name}.bin", ids.astype(np.uint8), vocab_size=256,
+                          tokenizer="bytes")
+    return TokenSplit(data.TokenFile(path / f"{name}.bin"), len(ids), name)
+
+
+def test_one_tiny_run_trains_once_then_comes_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    text = ("to be or not to be that is the question " * 400).encode()
+    ids = np.frombuffer(text, dtype=np.uint8)
+    splits = {"train": make_split(tmp_path, ids, "train"),
+              "val": make_split(tmp_path, ids[:2000], "val")}
+    settings = dataclasses.replace(CPU.scaling, budgets=(1e8, 2e8, 4e8), n_layers=(1, 2, 3),
+                                   width_per_layer=16, block_size=16, batch_size=4,
+                                   min_steps=2, curve_points=4, eval_tokens=256)
+    profile = dataclasses.replace(CPU, scaling=settings)
+    plan = sweep.plan_sweep(profile, 256)[0]
+    first = sweep.train_run(plan, splits)
+    assert first.plan == plan
+    curve = first.curve()
+    assert len(curve) >= 4 and curve[-1][0] == pytest.approx(plan.flops)
+    # a repeated phrase is easy: the loss falls well below ln 256 = 5.55 nats
+    assert first.val_loss < 4.0
+    run = first.to_run()
+    assert isinstance(run, Run) and run.n_params == plan.params.total
+    assert first.to_run("kaplan").n_params == plan.params.non_embedding
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("must not retrain"))
+    again = sweep.train_run(plan, splits)
+    assert again.path == first.path and again.val_loss == first.val_loss
+    assert again.log == first.log
