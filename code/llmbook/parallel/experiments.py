@@ -8,6 +8,8 @@ the whole batch in one process. The chapter and the tests compare the two.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -242,11 +244,16 @@ def fsdp_bf16_worker(rank: int, world: int, steps: int, max_norm: float) -> dict
 
 def failing_worker(rank: int, world: int, how: str) -> None:
     """For testing :func:`~llmbook.parallel.dist.spawn`: rank 1 raises (``"fail"``), or
-    rank 0 waits for a message rank 1 never sends (``"hang"``)."""
+    rank 0 waits for a message rank 1 never sends (``"hang"``). Rank 1 stays alive while it
+    does not send: a rank that exits closes its connections, and rank 0's receive then
+    fails at once instead of hanging."""
     if how == "fail" and rank == 1:
         raise ValueError("rank 1 fails on purpose")
-    if how == "hang" and rank == 0:
-        dist.recv(torch.zeros(1), src=1)
+    if how == "hang":
+        if rank == 0:
+            dist.recv(torch.zeros(1), src=1)
+        else:
+            time.sleep(3600)  # spawn's timeout stops it
 
 
 # --------------------------------------------------------------------------------------
