@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import pytest
@@ -72,3 +74,16 @@ def test_markdown_table():
     assert table.startswith(":::{table} Cap.\n:name: tab-x") and "x\\|y" in table
     with pytest.raises(ValueError, match="2 cells"):
         report.markdown_table(["a", "b"], [(1,)])
+
+
+def test_the_bibliography_parses():
+    """A merge that drops one closing brace breaks every page's citations; catch it here, not
+    in the book build."""
+    from pathlib import Path
+
+    import pybtex.database
+
+    path = Path(__file__).resolve().parents[1] / "book" / "references.bib"
+    entries = pybtex.database.parse_file(path).entries
+    text = path.read_text(encoding="utf-8")
+    assert len(entries) == len(re.findall(r"^@\w+\{", text, flags=re.M))
