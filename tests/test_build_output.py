@@ -101,3 +101,21 @@ def test_inline_script_registered_twice_is_written_once():
                _JavaScript(None, body=body), _JavaScript("", body="let other = 1")]
     unique = _html_extension().unique_scripts(scripts)
     assert unique == [scripts[0], scripts[1], scripts[2], scripts[4]]
+
+
+def test_root_redirect_gets_the_books_icon_and_a_link(tmp_path):
+    """Jupyter Book's root index.html is a bare meta refresh: the browser then asks the server
+    for /favicon.ico (a 404 in the reader's console). The build completes it, once."""
+    index = tmp_path / "index.html"
+    index.write_text('<meta http-equiv="Refresh" content="0; url=book/preface.html" />')
+    build._complete_redirect(index)
+    first = index.read_text()
+    assert '<link rel="icon" href="_static/favicon.svg"' in first
+    assert '<meta http-equiv="refresh" content="0; url=book/preface.html">' in first
+    assert '<a href="book/preface.html">' in first and "<title>" in first
+    build._complete_redirect(index)  # idempotent: the completed page still redirects there
+    assert index.read_text() == first
+    real_page = "<html><body><p>a root document that is a page</p></body></html>"
+    index.write_text(real_page)
+    build._complete_redirect(index)
+    assert index.read_text() == real_page

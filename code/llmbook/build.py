@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html as html_lib
 import os
 import re
 import shutil
@@ -313,8 +314,35 @@ def html(profile: str) -> Path:
     start = time.perf_counter()
     _jupyter_book(stage, "html")
     index = html_dir(profile) / "index.html"
+    _complete_redirect(index)
     print(f"[{profile}] HTML rendered in {time.perf_counter() - start:.1f} s: {index}")
     return index
+
+
+def _complete_redirect(index: Path) -> None:
+    """Give Jupyter Book's root ``index.html`` (a bare meta refresh) an icon and a title.
+
+    Without an icon the browser asks the server for ``/favicon.ico``, a 404 in the console
+    of every reader who opens the book's address; and the stub has no link to follow.
+    """
+    text = index.read_text(encoding="utf-8")
+    match = re.search(r'http-equiv="refresh"\s+content="0;\s*url=([^"]+)"', text,
+                      re.IGNORECASE)
+    if match is None:
+        return  # a real page (the root document is index.md): nothing to complete
+    target = html_lib.escape(match.group(1), quote=True)
+    import yaml  # Jupyter Book's dependency, as is the build
+
+    title = html_lib.escape(yaml.safe_load((_root() / "_config.yml").read_text())["title"])
+    page = ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{title}</title>\n"
+            '<link rel="icon" href="_static/favicon.svg" type="image/svg+xml">\n'
+            f'<meta http-equiv="refresh" content="0; url={target}">\n</head>\n'
+            f'<body><p><a href="{target}">{title}</a></p></body>\n</html>\n')
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=index.parent)
+    os.close(fd)
+    Path(tmp).write_text(page, encoding="utf-8")
+    Path(tmp).replace(index)
 
 
 def pdf_path(profile: str) -> Path:

@@ -26,11 +26,6 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from playwright import sync_api as playwright_errors  # its Error is the one to catch
-except ImportError:  # reported by the browser fixture
-    playwright_errors = None
-
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = os.environ.get("LLMBOOK_PROFILE", "cpu")
 # LLMBOOK_HTML checks another built book (the check's own trial runs use a tiny one)
@@ -124,16 +119,24 @@ def _visit(browser, url: str, viewport: dict) -> tuple[object, list[str], dict]:
     page.on("console", lambda m: errors.append(f"console error: {m.text} ({m.location['url']})")
             if m.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    # a request the page's own redirect cancels (net::ERR_ABORTED) is not a missing resource
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} ({r.failure})")
+            if r.failure != "net::ERR_ABORTED" else None)
     page.goto(url, wait_until="load")
-    for attempt in range(3):  # the root index.html redirects (meta refresh) to the preface
-        try:
-            return page, errors, page.evaluate(INSPECT)
-        except playwright_errors.Error as exc:
-            if "context was destroyed" not in str(exc) or attempt == 2:
-                raise
-            page.wait_for_load_state("load")
-    raise AssertionError("unreachable")
+    target = _refresh_target(url)
+    if target is not None:  # the root index.html redirects (meta refresh) to the preface:
+        page.wait_for_url(target, wait_until="load")  # inspect the page it lands on
+    return page, errors, page.evaluate(INSPECT)
+
+
+def _refresh_target(url: str) -> str | None:
+    """Where a page's ``<meta http-equiv="refresh">`` sends the browser, or None."""
+    base = HTML.as_uri() + "/"
+    relative = url[len(base):] if url.startswith(base) else urllib.parse.urlsplit(url).path[1:]
+    source = HTML / urllib.parse.unquote(relative or "index.html")
+    match = re.search(r'http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"',
+                      source.read_text(encoding="utf-8", errors="replace"), re.IGNORECASE)
+    return urllib.parse.urljoin(url, match.group(1)) if match else None
 
 
 def _page_path(url: str, base: str) -> tuple[str, str] | None:
