@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from llmbook.align import tasks
-from llmbook.align.chat import END, chat_tokenizer, grow_vocabulary, render_conversation
+from llmbook.align.chat import (END, chat_tokenizer, grow_vocabulary, render_conversation,
+                                render_prompt)
 from llmbook.align.objectives import (DPOObjective, ExampleBatches, GRPOObjective,
                                       GroupRollouts, RewardObjective, collate_preferences,
                                       collate_sft)
@@ -93,16 +94,20 @@ def render(tokenizer, item: tasks.Item, answer: str | None = None):
 
 def task_items(settings: AlignSettings, tokenizer, block_size: int):
     """``(train, held_out)`` items of ``settings.task`` whose conversations fit the
-    context: ``n_train`` from the training scenes, ``n_test`` from the validation and
-    test scenes (no stage selects anything on them, and neither shares a scene with a
-    training item)."""
+    context with any of their candidate answers (the reward model and DPO read wrong
+    ones too) and with a sampled reply of ``max_new_tokens`` (GRPO): ``n_train`` from
+    the training scenes, ``n_test`` from the validation and test scenes (no stage
+    selects anything on them, and neither shares a scene with a training item)."""
     key = (settings, tokenizer.name, block_size)
     if key in _ITEMS:
         return _ITEMS[key]
 
     def fitting(split):
         return [i for i in tasks.make_items(settings.task, split)
-                if len(render(tokenizer, i)[0]) <= block_size]
+                if all(len(render(tokenizer, i, answer)[0]) <= block_size
+                       for answer in (i.answer, *i.choices))
+                and len(render_prompt(tokenizer, i.messages()[:1]))
+                + settings.max_new_tokens <= block_size]
     train, held = fitting("train"), fitting("val") + fitting("test")
     for name, items, n in (("train", train, settings.n_train),
                            ("held-out", held, settings.n_test)):
@@ -170,14 +175,19 @@ def load_stage(path: Path | str, device: str = "cpu") -> Stage:
     return Stage(model.to(device).eval(), tokenizer_io.load(path / TOKENIZER), log, path)
 
 
-def _spec(stage: str, profile: Profile, pre) -> StageSpec:
-    return StageSpec(stage, profile.name, profile.align, pre.path.name)
+def _cached_stage(stage: str, profile: Profile, build) -> Stage:
+    """The stage's artifact, built by ``build(out)`` when it is not in the cache, loaded.
+    Its key: the stage, the profile's align settings and the pretrained model it grew
+    from."""
+    base = pretrained_model(profile).path.name
+    spec = StageSpec(stage, profile.name, profile.align, base)
+    return load_stage(cached_artifact(f"align-{stage}", spec, build), profile.device)
 
 
 def sft_stage(profile: Profile) -> Stage:
     """Supervised fine-tuning on the training items' reference answers: masked
     next-token loss through :class:`~llmbook.objectives.LanguageModelObjective`."""
-    model, tokenizer, pre = chat_base(profile)
+    model, tokenizer, _ = chat_base(profile)
     s = profile.align
 
     def build(out: Path) -> None:
@@ -193,8 +203,7 @@ def sft_stage(profile: Profile) -> Stage:
                    if "loss" in r]
         _save(out, trainer.model, tokenizer, records)
 
-    return load_stage(cached_artifact("align-sft", _spec("sft", profile, pre), build),
-                      profile.device)
+    return _cached_stage("sft", profile, build)
 
 
 def _pairs_batches(profile: Profile, tokenizer, block_size: int) -> ExampleBatches:
@@ -210,7 +219,6 @@ def reward_stage(profile: Profile) -> Stage:
     """A reward model (the SFT model with a scalar head) trained with the Bradley-Terry
     loss on (right answer, wrong candidate) pairs of the training items."""
     sft = sft_stage(profile)
-    _, _, pre = chat_base(profile)
     s = profile.align
 
     def build(out: Path) -> None:
@@ -222,15 +230,13 @@ def reward_stage(profile: Profile) -> Stage:
         trainer.fit()
         _save(out, trainer.model, sft.tokenizer, objective.records)
 
-    return load_stage(cached_artifact("align-reward", _spec("reward", profile, pre),
-                                      build), profile.device)
+    return _cached_stage("reward", profile, build)
 
 
 def dpo_stage(profile: Profile) -> Stage:
     """DPO from the SFT model on the same preference pairs, the SFT model frozen as the
     reference."""
     sft = sft_stage(profile)
-    _, _, pre = chat_base(profile)
     s = profile.align
 
     def build(out: Path) -> None:
@@ -242,8 +248,7 @@ def dpo_stage(profile: Profile) -> Stage:
         trainer.fit()
         _save(out, trainer.model, sft.tokenizer, objective.records)
 
-    return load_stage(cached_artifact("align-dpo", _spec("dpo", profile, pre), build),
-                      profile.device)
+    return _cached_stage("dpo", profile, build)
 
 
 def grpo_stage(profile: Profile) -> Stage:
@@ -251,7 +256,6 @@ def grpo_stage(profile: Profile) -> Stage:
     from the task's checker, the clipped objective with a KL penalty to the SFT
     model."""
     sft = sft_stage(profile)
-    _, _, pre = chat_base(profile)
     s = profile.align
 
     def build(out: Path) -> None:
@@ -269,8 +273,7 @@ def grpo_stage(profile: Profile) -> Stage:
                    for i, (r, o) in enumerate(zip(batches.records, objective.records))]
         _save(out, trainer.model, sft.tokenizer, records)
 
-    return load_stage(cached_artifact("align-grpo", _spec("grpo", profile, pre), build),
-                      profile.device)
+    return _cached_stage("grpo", profile, build)
 
 
 def latest_stage(profile_name: str, stage: str = "grpo") -> Path | None:
