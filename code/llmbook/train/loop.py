@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from llmbook.artifacts import atomic_write_bytes, atomic_write_text
+from llmbook.batches import BatchStream
 from llmbook.costs import flops_per_token
 from llmbook.measure import mfu, peak_flops, synchronize
 from llmbook.model import GPT
@@ -139,8 +140,6 @@ class Trainer:
                                  f"{split.tokens.vocab_size} but the model has "
                                  f"{config.model.vocab_size}; size the model to the "
                                  "tokenizer")
-        from llmbook.batches import BatchStream
-
         rank, world_size = options.get("rank", 0), options.get("world_size", 1)
         s = config.settings
         batches = BatchStream(train.tokens, config.model.block_size, s.batch_size,
