@@ -5,7 +5,8 @@ numbered ``\\chapter``, so "How to run" and "Notation" would become Chapters 1 a
 down. After Sphinx writes the ``.tex`` file (and before latexmk runs), this rewrites it: the root page becomes an
 unnumbered Preface, the front and back parts lose their part pages and their chapters their numbers (LaTeX's
 ``secnumdepth`` set to -1 also keeps the chapter counter still), numbering resumes for the book's chapters, and
-the bibliography page keeps only the heading that the bibliography environment makes itself.
+the bibliography page keeps only the heading that the bibliography environment makes itself, and the index
+page (a link to the index, for the HTML edition) gives way to the index LaTeX prints.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def _rewrite(tex: str, front: list[str], back: list[str]) -> str:
         tex = tex.replace(f"\\part{{{caption}}}\n", "\\setcounter{secnumdepth}{-1}\n", 1)
     # The bibliography environment starts its own chapter; the page's heading would add an empty one before it.
     tex = re.sub(r"\\chapter\{[^\n]*\}\n(\\label[^\n]*\n)?(\\begin\{sphinxthebibliography\})", r"\1\2", tex)
+    # The index page holds only a link for the HTML edition; the PDF prints the index itself.
+    tex = re.sub(r"\\chapter\{Index\}\n(\\label[^\n]*\n)?\s*(?=\\renewcommand\{\\indexname\}|\\printindex|"
+                 r"\\end\{document\})", "", tex)
     return tex
 
 
