@@ -75,7 +75,7 @@ def test_too_short_runs_and_bad_settings_are_refused():
         sweep.shape_config(CPU, 0, 2048)
     good = dataclasses.asdict(CPU.scaling)
     for change in (dict(budgets=(1e10, 1e11)), dict(n_layers=(3, 2, 1)),
-                   dict(width_per_layer=24), dict(min_lr=1.0),
+                   dict(width_per_layer=CPU.scaling.head_dim + 1), dict(min_lr=1.0),
                    dict(warmup_fraction=1.0), dict(eval_tokens=0)):
         with pytest.raises(ValueError):
             ScalingSettings(**{**good, **change})
