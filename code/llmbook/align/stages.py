@@ -233,22 +233,23 @@ def reward_stage(profile: Profile) -> Stage:
     return _cached_stage("reward", profile, build)
 
 
-def dpo_stage(profile: Profile) -> Stage:
+def dpo_stage(profile: Profile, *, average: bool = False) -> Stage:
     """DPO from the SFT model on the same preference pairs, the SFT model frozen as the
-    reference."""
+    reference. ``average=True`` scores each answer by its mean token log-probability
+    instead of the sum (Chapter 8's counter-example), as a separate artifact."""
     sft = sft_stage(profile)
     s = profile.align
 
     def build(out: Path) -> None:
         policy = load_stage(sft.path, profile.device).model.train()
-        objective = DPOObjective(sft.model, beta=s.dpo_beta)
+        objective = DPOObjective(sft.model, beta=s.dpo_beta, average=average)
         batches = _pairs_batches(profile, sft.tokenizer, sft.model.config.block_size)
         trainer = stage_trainer(profile, policy, batches, objective, steps=s.dpo_steps,
                                 lr=s.dpo_lr, batch_size=s.batch_size)
         trainer.fit()
         _save(out, trainer.model, sft.tokenizer, objective.records)
 
-    return _cached_stage("dpo", profile, build)
+    return _cached_stage("dpo-average" if average else "dpo", profile, build)
 
 
 def grpo_stage(profile: Profile) -> Stage:
