@@ -119,3 +119,9 @@ def test_root_redirect_gets_the_books_icon_and_a_link(tmp_path):
     index.write_text(real_page)
     build._complete_redirect(index)
     assert index.read_text() == real_page
+
+
+def test_refresh_target_reads_the_redirect_as_written():
+    assert build.refresh_target('<META HTTP-EQUIV="refresh" content="5; url=../a b.html">') \
+        == "../a b.html"
+    assert build.refresh_target('<meta name="viewport" content="width=device-width">') is None

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmbook.artifacts import atomic_write_text
 from llmbook.paths import PACKAGE_DIR, REPO_ROOT
 from llmbook.profiles import PROFILES, get_profile
 
@@ -295,10 +296,7 @@ def tag_setup_cells(profile: str) -> None:
             continue
         tags = cell.metadata.setdefault("tags", [])
         tags.extend(tag for tag in SETUP_TAGS if tag not in tags)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        nbformat.write(notebook, tmp)
-        Path(tmp).replace(path)
+        atomic_write_text(path, nbformat.writes(notebook))
 
 
 def html_dir(profile: str) -> Path:
@@ -319,18 +317,26 @@ def html(profile: str) -> Path:
     return index
 
 
+_REFRESH = re.compile(r'http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', re.IGNORECASE)
+
+
+def refresh_target(page: str) -> str | None:
+    """Where an HTML page's ``<meta http-equiv="refresh">`` sends the browser (the URL as
+    written, relative or not), or None for a page that does not redirect."""
+    match = _REFRESH.search(page)
+    return match.group(1) if match else None
+
+
 def _complete_redirect(index: Path) -> None:
     """Give Jupyter Book's root ``index.html`` (a bare meta refresh) an icon and a title.
 
     Without an icon the browser asks the server for ``/favicon.ico``, a 404 in the console
     of every reader who opens the book's address; and the stub has no link to follow.
     """
-    text = index.read_text(encoding="utf-8")
-    match = re.search(r'http-equiv="refresh"\s+content="0;\s*url=([^"]+)"', text,
-                      re.IGNORECASE)
-    if match is None:
+    target = refresh_target(index.read_text(encoding="utf-8"))
+    if target is None:
         return  # a real page (the root document is index.md): nothing to complete
-    target = html_lib.escape(match.group(1), quote=True)
+    target = html_lib.escape(target, quote=True)
     import yaml  # Jupyter Book's dependency, as is the build
 
     title = html_lib.escape(yaml.safe_load((_root() / "_config.yml").read_text())["title"])
@@ -339,10 +345,7 @@ def _complete_redirect(index: Path) -> None:
             '<link rel="icon" href="_static/favicon.svg" type="image/svg+xml">\n'
             f'<meta http-equiv="refresh" content="0; url={target}">\n</head>\n'
             f'<body><p><a href="{target}">{title}</a></p></body>\n</html>\n')
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=index.parent)
-    os.close(fd)
-    Path(tmp).write_text(page, encoding="utf-8")
-    Path(tmp).replace(index)
+    atomic_write_text(index, page)
 
 
 def pdf_path(profile: str) -> Path:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from llmbook.build import refresh_target
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = os.environ.get("LLMBOOK_PROFILE", "cpu")
 # LLMBOOK_HTML checks another built book (the check's own trial runs use a tiny one)
@@ -134,9 +136,8 @@ def _refresh_target(url: str) -> str | None:
     base = HTML.as_uri() + "/"
     relative = url[len(base):] if url.startswith(base) else urllib.parse.urlsplit(url).path[1:]
     source = HTML / urllib.parse.unquote(relative or "index.html")
-    match = re.search(r'http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"',
-                      source.read_text(encoding="utf-8", errors="replace"), re.IGNORECASE)
-    return urllib.parse.urljoin(url, match.group(1)) if match else None
+    target = refresh_target(source.read_text(encoding="utf-8", errors="replace"))
+    return urllib.parse.urljoin(url, target) if target else None
 
 
 def _page_path(url: str, base: str) -> tuple[str, str] | None:
