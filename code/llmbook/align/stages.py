@@ -49,7 +49,9 @@ class StageSpec:
     stage: str
     profile: str
     settings: AlignSettings
-    base: str  # the directory name (a hash) of the pretrained model it starts from
+    # the directory name (a hash) of the artifact it grows from: the pretrained model for
+    # SFT, the SFT stage for the others
+    base: str
 
 
 @dataclass
@@ -175,19 +177,18 @@ def load_stage(path: Path | str, device: str = "cpu") -> Stage:
     return Stage(model.to(device).eval(), tokenizer_io.load(path / TOKENIZER), log, path)
 
 
-def _cached_stage(stage: str, profile: Profile, build) -> Stage:
+def _cached_stage(stage: str, profile: Profile, base: Path, build) -> Stage:
     """The stage's artifact, built by ``build(out)`` when it is not in the cache, loaded.
-    Its key: the stage, the profile's align settings and the pretrained model it grew
+    Its key: the stage, the profile's align settings and the artifact ``base`` it grows
     from."""
-    base = pretrained_model(profile).path.name
-    spec = StageSpec(stage, profile.name, profile.align, base)
+    spec = StageSpec(stage, profile.name, profile.align, base.name)
     return load_stage(cached_artifact(f"align-{stage}", spec, build), profile.device)
 
 
 def sft_stage(profile: Profile) -> Stage:
     """Supervised fine-tuning on the training items' reference answers: masked
     next-token loss through :class:`~llmbook.objectives.LanguageModelObjective`."""
-    model, tokenizer, _ = chat_base(profile)
+    model, tokenizer, pre = chat_base(profile)
     s = profile.align
 
     def build(out: Path) -> None:
@@ -203,7 +204,7 @@ def sft_stage(profile: Profile) -> Stage:
                    if "loss" in r]
         _save(out, trainer.model, tokenizer, records)
 
-    return _cached_stage("sft", profile, build)
+    return _cached_stage("sft", profile, pre.path, build)
 
 
 def _pairs_batches(profile: Profile, tokenizer, block_size: int) -> ExampleBatches:
@@ -230,7 +231,7 @@ def reward_stage(profile: Profile) -> Stage:
         trainer.fit()
         _save(out, trainer.model, sft.tokenizer, objective.records)
 
-    return _cached_stage("reward", profile, build)
+    return _cached_stage("reward", profile, sft.path, build)
 
 
 def dpo_stage(profile: Profile, *, average: bool = False) -> Stage:
@@ -249,7 +250,7 @@ def dpo_stage(profile: Profile, *, average: bool = False) -> Stage:
         trainer.fit()
         _save(out, trainer.model, sft.tokenizer, objective.records)
 
-    return _cached_stage("dpo-average" if average else "dpo", profile, build)
+    return _cached_stage("dpo-average" if average else "dpo", profile, sft.path, build)
 
 
 def grpo_stage(profile: Profile) -> Stage:
@@ -274,7 +275,7 @@ def grpo_stage(profile: Profile) -> Stage:
                    for i, (r, o) in enumerate(zip(batches.records, objective.records))]
         _save(out, trainer.model, sft.tokenizer, records)
 
-    return _cached_stage("grpo", profile, build)
+    return _cached_stage("grpo", profile, sft.path, build)
 
 
 def latest_stage(profile_name: str, stage: str = "grpo") -> Path | None:
