@@ -248,11 +248,15 @@ class AlignSettings:
     temperature: float  # sampling temperature for best-of-n and GRPO
     max_new_tokens: int  # the longest answer sampled
     val_tokens: int  # validation tokens scored for bits per character
+    # reward hacking: GRPO on the meter task (the other GRPO settings as above)
+    meter_max_new_tokens: int  # the longest line sampled
+    meter_n_test: int  # held-out meter prompts scored
 
     def __post_init__(self) -> None:
         sizes = (self.n_train, self.n_test, self.batch_size, self.sft_steps,
                  self.rm_steps, self.best_of, self.dpo_steps, self.grpo_steps,
-                 self.grpo_prompts, self.max_new_tokens, self.val_tokens)
+                 self.grpo_prompts, self.max_new_tokens, self.val_tokens,
+                 self.meter_max_new_tokens, self.meter_n_test)
         if min(sizes) < 1 or self.grpo_group < 2:
             raise ValueError(f"align sizes must be positive (grpo_group >= 2), got {self}")
         if min(self.sft_lr, self.rm_lr, self.dpo_lr, self.grpo_lr, self.dpo_beta) <= 0:
@@ -359,7 +363,7 @@ PROFILES: dict[str, Profile] = {
                             best_of=4, dpo_steps=60, dpo_lr=3e-4, dpo_beta=0.1,
                             grpo_steps=20, grpo_lr=3e-4, grpo_prompts=8, grpo_group=8,
                             grpo_kl=0.05, temperature=1.0, max_new_tokens=12,
-                            val_tokens=32768),
+                            val_tokens=32768, meter_max_new_tokens=24, meter_n_test=200),
         scaling=ScalingSettings(budgets=(1e11, 3e11, 8e11), n_layers=(1, 2, 3, 4),
                                 width_per_layer=8, head_dim=8, block_size=64,
                                 batch_size=16, lr=5e-3, min_lr=5e-4, warmup_fraction=0.1,
@@ -400,7 +404,7 @@ PROFILES: dict[str, Profile] = {
                             best_of=8, dpo_steps=300, dpo_lr=1e-4, dpo_beta=0.1,
                             grpo_steps=100, grpo_lr=1e-4, grpo_prompts=32, grpo_group=8,
                             grpo_kl=0.05, temperature=1.0, max_new_tokens=16,
-                            val_tokens=1 << 18),
+                            val_tokens=1 << 18, meter_max_new_tokens=32, meter_n_test=400),
         scaling=ScalingSettings(budgets=(1e14, 2e14, 4e14, 8e14, 1.6e15),
                                 n_layers=(2, 3, 4, 5, 6, 7), width_per_layer=64,
                                 head_dim=32, block_size=256, batch_size=32, lr=2e-3,

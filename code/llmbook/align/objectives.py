@@ -149,18 +149,19 @@ class GroupRollouts:
     and turns the rewards into group-normalised advantages. It also scores the answers
     under the policy as it was (the "old" log-probabilities of the ratio) and under the
     reference (for the KL penalty). ``records`` says per step the mean reward and how
-    many groups had all rewards equal (no gradient from them)."""
+    many groups had all rewards equal (no gradient from them). ``reward(item, answer)``
+    is the task's checker unless given (Chapter 8's reward-hacking run gives another)."""
 
     def __init__(self, policy: nn.Module, reference: nn.Module, items, tokenizer, *,
                  prompts: int, group: int, temperature: float, max_new_tokens: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, reward=tasks.reward) -> None:
         if not 0 < prompts <= len(items):
             raise ValueError(f"prompts must be in [1, {len(items)}], got {prompts}")
         self.policy, self.reference = policy, reference.eval().requires_grad_(False)
         self.items, self.tokenizer = list(items), tokenizer
         self.prompts, self.group = prompts, group
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        self.seed, self.calls = seed, 0
+        self.seed, self.calls, self.reward = seed, 0, reward
         self.rng = random.Random(seed)
         self.records: list[dict] = []
 
@@ -176,7 +177,7 @@ class GroupRollouts:
             prompt = render_prompt(self.tokenizer, item.messages()[:1])
             for reply in group:
                 seqs.append((prompt + reply, [0] * len(prompt) + [1] * len(reply)))
-                rewards.append(tasks.reward(item, decode_reply(self.tokenizer, reply)))
+                rewards.append(self.reward(item, decode_reply(self.tokenizer, reply)))
         rewards_t = torch.tensor(rewards).view(self.prompts, self.group)
         x, y = collate_sft(seqs, self.tokenizer.special_tokens[END])
         device = next(self.policy.parameters()).device

@@ -5,7 +5,8 @@ For each row of the chapter's table (the base model prompted, SFT, SFT with rewa
 best-of-n, DPO, GRPO): the answer to every held-out item, its reward, and the mean with
 a bootstrap 95% interval; for each model, bits per character on the validation plays
 (the cost in language modelling) and, for DPO and GRPO, the KL divergence to the SFT
-model on sampled answers.
+model on sampled answers. Separately (:func:`meter_measure`), the reward-hacking runs on
+the meter task.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from llmbook.align import tasks
+from llmbook.align import meter, tasks
 from llmbook.align.chat import END, IGNORE_INDEX, render_prompt
 from llmbook.align.losses import kl_k3
 from llmbook.align.evaluate import bootstrap_ci
 from llmbook.align.sampling import answers, best_of_n, rank_choices, sample_replies
-from llmbook.align.stages import (StageSpec, chat_base, dpo_stage, grpo_stage,
-                                  reward_stage, sft_stage, task_items)
+from llmbook.align.stages import (METER_REWARDS, StageSpec, chat_base, dpo_stage,
+                                  grpo_stage, meter_items, meter_stage, reward_stage,
+                                  sft_stage, task_items)
 from llmbook.artifacts import atomic_write_text, cached_artifact
 from llmbook.objectives import token_log_probs
 from llmbook.align.objectives import collate_sft
@@ -104,4 +106,47 @@ def measure(profile: Profile) -> dict:
         atomic_write_text(out / RESULTS, json.dumps(result))
 
     path = cached_artifact("align-results", spec, build)
+    return json.loads((path / RESULTS).read_text())
+
+
+def meter_scores(items, replies) -> dict:
+    """Replies to meter prompts, scored both ways: the bare and the guarded reward (means
+    with bootstrap 95% intervals), the share of first lines of exactly ten syllables, and
+    the share that each hacking flag catches (``"any"``: at least one; ``any_flag``: that
+    share with its interval)."""
+    lines = [r.strip().split("\n")[0] if r.strip() else "" for r in replies]
+    flags = [meter.hacking_flags(line, copied_from=item.context)
+             for item, line in zip(items, lines)]
+    flagged = {name: sum(name in found for found in flags) / len(lines)
+               for name in sorted({f for found in flags for f in found})}
+    flagged["any"] = sum(bool(found) for found in flags) / len(lines)
+    return {"lines": lines, "any_flag": list(bootstrap_ci([float(bool(f)) for f in flags])),
+            "bare": list(bootstrap_ci([meter.meter_reward(line) for line in lines])),
+            "guarded": list(bootstrap_ci([tasks.reward(i, r)
+                                          for i, r in zip(items, replies)])),
+            "ten": sum(meter.syllable_count(line) == 10 for line in lines) / len(lines),
+            "flagged": flagged}
+
+
+def meter_measure(profile: Profile) -> dict:
+    """The reward-hacking runs measured once per profile and code, then read from the
+    cache: greedy lines of the base model (with the chat tokens) and of the GRPO policies
+    trained on the bare and on the guarded meter reward, for the held-out meter prompts,
+    scored by :func:`meter_scores`; and the two runs' training logs."""
+    base, tokenizer, pre = chat_base(profile)
+    s = profile.align
+    spec = ResultsSpec(StageSpec("meter", profile.name, s, pre.path.name))
+
+    def build(out: Path) -> None:
+        _, held = meter_items(s, tokenizer, base.config.block_size)
+        runs = {reward: meter_stage(profile, reward) for reward in METER_REWARDS}
+        models = {"base": base, **{reward: run.model for reward, run in runs.items()}}
+        rows = {name: meter_scores(held, answers(model, tokenizer, held,
+                                                 max_new_tokens=s.meter_max_new_tokens))
+                for name, model in models.items()}
+        result = {"prompts": [i.prompt for i in held], "rows": rows,
+                  "logs": {reward: run.log for reward, run in runs.items()}}
+        atomic_write_text(out / RESULTS, json.dumps(result))
+
+    path = cached_artifact("align-meter-results", spec, build)
     return json.loads((path / RESULTS).read_text())

@@ -14,6 +14,7 @@ and this code. ``python -m llmbook.chat`` talks to the latest one built.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from llmbook.align import tasks
+from llmbook.align import meter, tasks
 from llmbook.align.chat import (END, chat_tokenizer, grow_vocabulary, render_conversation,
                                 render_prompt)
 from llmbook.align.objectives import (DPOObjective, ExampleBatches, GRPOObjective,
@@ -94,31 +95,47 @@ def render(tokenizer, item: tasks.Item, answer: str | None = None):
     return _RENDERED[key]
 
 
-def task_items(settings: AlignSettings, tokenizer, block_size: int):
-    """``(train, held_out)`` items of ``settings.task`` whose conversations fit the
-    context with any of their candidate answers (the reward model and DPO read wrong
-    ones too) and with a sampled reply of ``max_new_tokens`` (GRPO): ``n_train`` from
-    the training scenes, ``n_test`` from the validation and test scenes (no stage
-    selects anything on them, and neither shares a scene with a training item)."""
-    key = (settings, tokenizer.name, block_size)
+def _fitting_items(task: str, tokenizer, block_size: int, max_new_tokens: int,
+                   n_train: int, n_test: int):
+    """``(train, held_out)`` items of ``task`` whose conversations fit the context with
+    any of their candidate answers and with a sampled reply of ``max_new_tokens``:
+    ``n_train`` from the training scenes, ``n_test`` from the validation and test scenes
+    (no stage selects anything on them, and neither shares a scene with a training
+    item)."""
+    key = (task, tokenizer.name, block_size, max_new_tokens, n_train, n_test)
     if key in _ITEMS:
         return _ITEMS[key]
 
     def fitting(split):
-        return [i for i in tasks.make_items(settings.task, split)
+        return [i for i in tasks.make_items(task, split)
                 if all(len(render(tokenizer, i, answer)[0]) <= block_size
                        for answer in (i.answer, *i.choices))
                 and len(render_prompt(tokenizer, i.messages()[:1]))
-                + settings.max_new_tokens <= block_size]
+                + max_new_tokens <= block_size]
     train, held = fitting("train"), fitting("val") + fitting("test")
-    for name, items, n in (("train", train, settings.n_train),
-                           ("held-out", held, settings.n_test)):
+    for name, items, n in (("train", train, n_train), ("held-out", held, n_test)):
         if n > len(items):
-            raise ValueError(f"{settings.task}: {n} {name} items asked for, "
+            raise ValueError(f"{task}: {n} {name} items asked for, "
                              f"{len(items)} fit the context; lower the setting")
-    _ITEMS[key] = (random.Random(0).sample(train, settings.n_train),
-                   random.Random(1).sample(held, settings.n_test))
+    _ITEMS[key] = (random.Random(0).sample(train, n_train),
+                   random.Random(1).sample(held, n_test))
     return _ITEMS[key]
+
+
+def task_items(settings: AlignSettings, tokenizer, block_size: int):
+    """``(train, held_out)`` items of ``settings.task`` whose conversations fit the
+    context with any of their candidate answers (the reward model and DPO read wrong
+    ones too) and with a sampled reply of ``max_new_tokens`` (GRPO), ``n_train`` and
+    ``n_test`` of them (see :func:`_fitting_items`)."""
+    return _fitting_items(settings.task, tokenizer, block_size, settings.max_new_tokens,
+                          settings.n_train, settings.n_test)
+
+
+def meter_items(settings: AlignSettings, tokenizer, block_size: int):
+    """``(train, held_out)`` prompts of the meter task ("write the next line, in ten
+    syllables") for the reward-hacking runs: ``n_train`` and ``meter_n_test``."""
+    return _fitting_items("meter", tokenizer, block_size, settings.meter_max_new_tokens,
+                          settings.n_train, settings.meter_n_test)
 
 
 def preference_pairs(items, tokenizer, seed: int = 0):
@@ -261,21 +278,59 @@ def grpo_stage(profile: Profile) -> Stage:
     s = profile.align
 
     def build(out: Path) -> None:
-        policy = load_stage(sft.path, profile.device).model.train()
         train, _ = task_items(s, sft.tokenizer, sft.model.config.block_size)
-        batches = GroupRollouts(policy, sft.model, train, sft.tokenizer,
-                                prompts=s.grpo_prompts, group=s.grpo_group,
-                                temperature=s.temperature,
-                                max_new_tokens=s.max_new_tokens, seed=profile.seed)
-        objective = GRPOObjective(epsilon=0.2, kl=s.grpo_kl)
-        trainer = stage_trainer(profile, policy, batches, objective, steps=s.grpo_steps,
-                                lr=s.grpo_lr, batch_size=s.grpo_prompts * s.grpo_group)
-        trainer.fit()
-        records = [{"step": i + 1, **r, **o}
-                   for i, (r, o) in enumerate(zip(batches.records, objective.records))]
-        _save(out, trainer.model, sft.tokenizer, records)
+        _train_grpo(profile, sft.model, sft.tokenizer, train, out,
+                    max_new_tokens=s.max_new_tokens)
 
     return _cached_stage("grpo", profile, sft.path, build)
+
+
+def _train_grpo(profile: Profile, start, tokenizer, items, out: Path, *,
+                max_new_tokens: int, reward=tasks.reward) -> None:
+    """GRPO from the model ``start`` (also the KL reference) on ``items``; saves the
+    stage."""
+    s = profile.align
+    policy = copy.deepcopy(start).train()
+    batches = GroupRollouts(policy, start, items, tokenizer, prompts=s.grpo_prompts,
+                            group=s.grpo_group, temperature=s.temperature,
+                            max_new_tokens=max_new_tokens, seed=profile.seed, reward=reward)
+    objective = GRPOObjective(epsilon=0.2, kl=s.grpo_kl)
+    trainer = stage_trainer(profile, policy, batches, objective, steps=s.grpo_steps,
+                            lr=s.grpo_lr, batch_size=s.grpo_prompts * s.grpo_group)
+    trainer.fit()
+    records = [{"step": i + 1, **r, **o}
+               for i, (r, o) in enumerate(zip(batches.records, objective.records))]
+    _save(out, trainer.model, tokenizer, records)
+
+
+# -- reward hacking: GRPO on the meter task -----------------------------------------------
+
+def bare_meter_reward(item: tasks.Item, answer: str) -> float:
+    """The meter task's reward without its guard: the syllable count alone
+    (:func:`llmbook.align.meter.meter_reward`), which pays for any ten syllables."""
+    return meter.meter_reward(answer)
+
+
+METER_REWARDS = {"bare": bare_meter_reward, "guarded": tasks.reward}
+
+
+def meter_stage(profile: Profile, reward: str) -> Stage:
+    """GRPO on the meter task's training prompts, rewarded by the bare syllable count
+    (``reward="bare"``) or by the guarded reward, which pays nothing for a line it flags
+    (``"guarded"``); the rest as in :func:`grpo_stage`, with replies of up to
+    ``meter_max_new_tokens``. It starts from the base model with the chat tokens, not from
+    SFT: SFT was trained to answer with a play's title, whatever the question."""
+    if reward not in METER_REWARDS:
+        raise ValueError(f"reward must be one of {sorted(METER_REWARDS)}, got {reward!r}")
+    base, tokenizer, pre = chat_base(profile)
+    s = profile.align
+
+    def build(out: Path) -> None:
+        train, _ = meter_items(s, tokenizer, base.config.block_size)
+        _train_grpo(profile, base, tokenizer, train, out,
+                    max_new_tokens=s.meter_max_new_tokens, reward=METER_REWARDS[reward])
+
+    return _cached_stage(f"meter-{reward}", profile, pre.path, build)
 
 
 def latest_stage(profile_name: str, stage: str = "grpo") -> Path | None:
