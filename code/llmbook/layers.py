@@ -12,6 +12,8 @@ Shapes: ``B`` batch, ``T`` sequence length, ``C`` model width (``d_model``), ``H
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,7 +119,9 @@ class RMSNorm(nn.Module):
 
 ACTIVATIONS = {
     "relu": F.relu,
-    "gelu": F.gelu,  # exact GELU; GPT-2 used the tanh approximation, within 1e-3 of it
+    "gelu": F.gelu,  # exact GELU
+    # GPT-2's tanh approximation of GELU (within about 1e-3 of it): to load its weights
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
 }
 GATED_ACTIVATIONS = {
     "swiglu": F.silu,  # SiLU(x) = x * sigmoid(x), also called Swish

@@ -62,7 +62,8 @@ class GPTConfig:
     norm_eps: float = 1e-5
     # "pre": x + f(norm(x)); "post": norm(x + f(x)), the 2017 way
     norm_position: str = "pre"
-    activation: str = "gelu"  # "gelu" | "relu" (plain MLP); "swiglu" | "geglu" (gated MLP)
+    # "gelu" | "gelu_tanh" | "relu" (plain MLP); "swiglu" | "geglu" (gated MLP)
+    activation: str = "gelu"
     pos_encoding: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_base: float = 10000.0
     tie_weights: bool = True  # the output head reuses the token embedding matrix
