@@ -112,3 +112,36 @@ def test_one_tiny_run_trains_once_then_comes_from_the_cache(tmp_path, monkeypatc
     again = sweep.train_run(plan, splits)
     assert again.path == first.path and again.val_loss == first.val_loss
     assert again.log == first.log
+
+
+def test_workers_train_the_runs_a_sequential_sweep_would(tmp_path, monkeypatch):
+    # the same runs, in two worker processes of one thread each, and one after the other
+    # in this process with one thread: equal to the last bit, and read back from the cache
+    text = ("to be or not to be that is the question " * 400).encode()
+    ids = np.frombuffer(text, dtype=np.uint8)
+    splits = {"train": make_split(tmp_path, ids, "train"),
+              "val": make_split(tmp_path, ids[:2000], "val")}
+    settings = dataclasses.replace(CPU.scaling, budgets=(1e8, 2e8, 4e8), n_layers=(1, 2, 3),
+                                   width_per_layer=16, block_size=16, batch_size=4,
+                                   min_steps=2, curve_points=4, eval_tokens=256)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers of one thread each
+    try:
+        monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "parallel"))
+        parallel = dataclasses.replace(CPU, scaling=dataclasses.replace(settings, workers=2))
+        together = sweep.run_sweep(parallel, splits, 256, budgets=(1e8,))
+        monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "sequential"))
+        torch.set_num_threads(1)
+        alone = sweep.run_sweep(dataclasses.replace(CPU, scaling=settings), splits, 256,
+                                budgets=(1e8,))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(together) == len(alone) == 3
+    for a, b in zip(together, alone):
+        assert a.plan == b.plan and a.log[-1] == b.log[-1]
+        assert a.val_loss == b.val_loss
+        assert a.path.is_relative_to(tmp_path / "parallel")
+    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "parallel"))
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("must not retrain"))
+    again = sweep.run_sweep(parallel, splits, 256, budgets=(1e8,))
+    assert [r.val_loss for r in again] == [r.val_loss for r in together]

@@ -107,6 +107,17 @@ def read_artifact(path: Path | str) -> dict:
     return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
+def artifact_path(kind: str, config: Any, module: str) -> Path:
+    """Where :func:`cached_artifact` keeps artifact ``kind`` for ``config`` when its build
+    function lives in ``module``; the artifact exists once ``config.json`` is there."""
+    return cache_dir() / kind / artifact_key(kind, config, code_modules(module))
+
+
+def is_cached(kind: str, config: Any, module: str) -> bool:
+    """Whether :func:`cached_artifact` would return without building."""
+    return (artifact_path(kind, config, module) / "config.json").is_file()
+
+
 def cached_artifact(kind: str, config: Any, build: Callable[[Path], None]) -> Path:
     """Return the directory of artifact ``kind`` for ``config``, calling ``build(tmp_dir)``
     first if needed.

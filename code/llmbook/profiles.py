@@ -285,6 +285,7 @@ class ScalingSettings:
     eval_tokens: int  # validation tokens scored at the end of each run
     bootstrap_resamples: int  # for Approaches 1 and 2
     parametric_resamples: int  # for Approach 3 (each refit costs an L-BFGS search)
+    workers: int = 1  # sweep runs trained at once, in processes sharing the CPU threads
 
     def __post_init__(self) -> None:
         if len(self.budgets) < 3 or len(self.n_layers) < 3:
@@ -368,7 +369,8 @@ PROFILES: dict[str, Profile] = {
                                 width_per_layer=8, head_dim=8, block_size=64,
                                 batch_size=16, lr=5e-3, min_lr=5e-4, warmup_fraction=0.1,
                                 min_steps=15, curve_points=20, eval_tokens=16384,
-                                bootstrap_resamples=200, parametric_resamples=8),
+                                bootstrap_resamples=200, parametric_resamples=8,
+                                workers=2),
     ),
     "gpu": Profile(
         name="gpu",
@@ -410,7 +412,8 @@ PROFILES: dict[str, Profile] = {
                                 head_dim=32, block_size=256, batch_size=32, lr=2e-3,
                                 min_lr=2e-4, warmup_fraction=0.05, min_steps=50,
                                 curve_points=40, eval_tokens=1 << 17,
-                                bootstrap_resamples=200, parametric_resamples=50),
+                                bootstrap_resamples=200, parametric_resamples=50,
+                                workers=1),
     ),
 }
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmbook.artifacts import cached_artifact
+import torch
+
+from llmbook import data
+from llmbook.artifacts import cached_artifact, is_cached
 from llmbook.costs import flops_per_token
 from llmbook.model import GPTConfig
 from llmbook.profiles import Profile, ScalingSettings, TrainSettings
@@ -153,11 +158,14 @@ class SweepResult:
                    flops=self.plan.flops, loss=self.val_loss, curve=self.curve())
 
 
+def _spec(plan: PlannedRun, splits: dict[str, TokenSplit]) -> RunSpec:
+    return RunSpec(plan.budget, plan.run, splits["val"].tokens.meta["sha256"])
+
+
 def train_run(plan: PlannedRun, splits: dict[str, TokenSplit], *,
               device: str = "cpu") -> SweepResult:
     """Train one planned run (or read it from the cache): ``Trainer.for_text`` on the
     training split, scored at the end on ``eval_tokens`` of the validation split."""
-    spec = RunSpec(plan.budget, plan.run, splits["val"].tokens.meta["sha256"])
 
     def build(out: Path) -> None:
         trainer = Trainer.for_text(plan.run, splits["train"], splits["val"],
@@ -171,20 +179,68 @@ def train_run(plan: PlannedRun, splits: dict[str, TokenSplit], *,
                   "seconds": seconds}
         (out / "result.json").write_text(json.dumps(result), encoding="utf-8")
 
-    path = cached_artifact("sweep-run", spec, build)
+    path = cached_artifact("sweep-run", _spec(plan, splits), build)
     result = json.loads((path / "result.json").read_text(encoding="utf-8"))
     log = json.loads((path / "log.json").read_text(encoding="utf-8"))
     return SweepResult(plan, tuple(log), result["val_loss"], result["val_bpc"],
                        result["seconds"], path)
 
 
+def _split_files(splits: dict[str, TokenSplit]) -> dict[str, tuple[str, int, str]]:
+    # what a worker process needs to reopen the memory-mapped splits (not their tokens)
+    return {k: (str(s.tokens.path), s.n_chars, s.name) for k, s in splits.items()}
+
+
+def _train_in_worker(plan: PlannedRun, files: dict[str, tuple[str, int, str]],
+                     device: str) -> None:
+    splits = {k: TokenSplit(data.TokenFile(Path(path)), n_chars, name)
+              for k, (path, n_chars, name) in files.items()}
+    train_run(plan, splits, device=device)
+
+
+def _set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
 def run_sweep(profile: Profile, splits: dict[str, TokenSplit], vocab_size: int, *,
               budgets=None, progress: bool = False) -> list[SweepResult]:
-    """Train (or read) every run of the profile's sweep on the book's splits."""
+    """Train (or read) every run of the profile's sweep on the book's splits.
+
+    With ``profile.scaling.workers`` above 1, the runs not yet cached train that many at a
+    time in separate processes, each with its share of PyTorch's threads: a sweep's
+    models are too small to keep several cores busy with one run, so on the cpu profile
+    two runs of one thread each finish sooner than two runs of two threads one after the
+    other. A run's numbers depend on its thread count (the order of float sums), so with
+    ``workers`` above 1 every run trains in a worker, even a lone one: which runs were
+    cached never changes how the others train."""
     plans = plan_sweep(profile, vocab_size, splits["train"].tokens.meta["sha256"],
                        budgets)
+    workers = profile.scaling.workers
+    todo = [p for p in plans if not is_cached("sweep-run", _spec(p, splits), __name__)]
     if progress:
         from tqdm.auto import tqdm
 
-        plans = tqdm(plans, desc="sweep", unit="run", leave=False)
-    return [train_run(p, splits, device=profile.device) for p in plans]
+        bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc="sweep",
+                   unit="run", leave=False)
+    if workers > 1 and todo:  # even one run: its thread count must not depend on the rest
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                 initializer=_set_threads, initargs=(threads,)) as pool:
+            # the longest runs first, so that no worker is left with one at the end
+            longest_first = sorted(todo, key=lambda p: (p.budget, p.steps), reverse=True)
+            jobs = [pool.submit(_train_in_worker, p, _split_files(splits),
+                                profile.device) for p in longest_first]
+            for job in as_completed(jobs):
+                job.result()  # a failed run raises here, with its worker's traceback
+                if progress:
+                    bar.update(1)
+        todo = []
+    results = []
+    for p in plans:
+        results.append(train_run(p, splits, device=profile.device))
+        if progress and p in todo:
+            bar.update(1)
+    if progress:
+        bar.close()
+    return results
