@@ -212,13 +212,19 @@ def syllable_count(line: str) -> int:
     return sum(word_syllables(word) for word in words_of(line))
 
 
+def first_line(answer: str) -> str:
+    """The first line of an answer, without the blanks around the answer: the only line
+    any reward reads ("" for an empty answer)."""
+    return answer.strip().split("\n", 1)[0]
+
+
 def meter_reward(line: str, target: int = TARGET_SYLLABLES) -> float:
     """A reward in [0, 1]: 1 for exactly ``target`` syllables, falling by 0.2 for each
     syllable too many or too few (``1 - |n - target| / 5``, floored at 0). Only the
     first line counts."""
     if target < 1:
         raise ValueError(f"target must be a positive number of syllables, got {target}")
-    first = line.strip().split("\n")[0] if line.strip() else ""
+    first = first_line(line)
     n = syllable_count(first)
     if n == 0:
         return 0.0
@@ -247,7 +253,7 @@ def hacking_flags(
       case and punctuation;
     - ``"unknown words"``: with a ``vocabulary``, fewer than 80% of its words are in it.
     """
-    first = line.strip().split("\n")[0] if line.strip() else ""
+    first = first_line(line)
     words = words_of(first)
     flags = []
     run = longest = 0

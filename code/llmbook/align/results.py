@@ -114,7 +114,7 @@ def meter_scores(items, replies) -> dict:
     with bootstrap 95% intervals), the share of first lines of exactly ten syllables, and
     the share that each hacking flag catches (``"any"``: at least one; ``any_flag``: that
     share with its interval)."""
-    lines = [r.strip().split("\n")[0] if r.strip() else "" for r in replies]
+    lines = [meter.first_line(r) for r in replies]
     flags = [meter.hacking_flags(line, copied_from=item.context)
              for item, line in zip(items, lines)]
     flagged = {name: sum(name in found for found in flags) / len(lines)

@@ -192,7 +192,7 @@ def reward(item: Item, answer: str) -> float:
     against the reference's (1 for an exact continuation). ``meter``: the guarded meter
     reward.
     """
-    first = answer.strip().split("\n")[0] if answer.strip() else ""
+    first = meter.first_line(answer)
     if item.task in ("speaker", "play"):
         return float(_normalise(first) == _normalise(item.answer))
     if item.task == "finish":
