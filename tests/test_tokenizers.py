@@ -15,13 +15,15 @@ import tiktoken.load
 from llmbook import data
 from llmbook.tokenizers import (
     ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPEConfig, DisallowedSpecialTokenError, Tokenizer,
-    TokenizerFileError, book, bpe, cl100k_base, cl100k_encoding, count_words, fast, io, to_tiktoken, train_bpe,
+    TokenizerFileError, book, bpe, cl100k_base, cl100k_encoding, count_words, fast, io, o200k_base,
+    o200k_encoding, to_tiktoken, train_bpe,
 )
 from llmbook.tokenizers.baselines import (
     SentencePieceConfig, SentencePieceTokenizer, WordLevelTokenizer, hf_merges, train_hf_bpe,
 )
 from llmbook.tokenizers.display import BYTE_TO_UNICODE, gpt2_repr, visible
 from llmbook.tokenizers.regex import pretokenize, resolve_pattern, split_on_special
+from llmbook.tokenizers import tiktoken_export
 from llmbook.tokenizers.tiktoken_export import ADVERSARIAL_TEXTS
 
 
@@ -204,6 +206,48 @@ def test_our_encoder_reproduces_cl100k(cl100k, held_out):
     for name, text in ADVERSARIAL_TEXTS.items():
         assert cl100k.encode(text) == reference.encode(text), name
         assert cl100k.decode(cl100k.encode(text)) == text
+
+
+def test_o200k_is_tiktokens_own_definition_with_verified_ranks(monkeypatch):
+    # tiktoken's own o200k_base constructor, its download replaced by our verified ranks:
+    # the pattern and special tokens it builds must be ours, character for character
+    import tiktoken_ext.openai_public as public
+
+    ours = o200k_encoding()
+    asked = []
+
+    def offline(url, expected_hash=None):
+        asked.append(expected_hash)
+        return dict(ours._mergeable_ranks)
+
+    monkeypatch.setattr(public, "load_tiktoken_bpe", offline)
+    definition = public.o200k_base()
+    assert asked == [tiktoken_export.O200K_SHA256]  # the hash tiktoken checks is ours
+    assert definition["pat_str"] == ours._pat_str
+    assert definition["special_tokens"] == ours._special_tokens
+    assert ours.n_vocab == 200_019 and len(ours._mergeable_ranks) == 199_998
+
+
+def test_our_encoder_reproduces_o200k(held_out):
+    reference, mine = o200k_encoding(), o200k_base()
+    assert mine.encode(held_out[:200_000]) == reference.encode(held_out[:200_000])
+    for name, text in ADVERSARIAL_TEXTS.items():
+        ids = mine.encode(text, disallowed_special=())
+        assert ids == reference.encode(text, disallowed_special=()), name
+        assert mine.decode(ids) == text
+    # the pattern's new rules: a case change splits a word, a contraction stays attached
+    assert [reference.decode([i]) for i in reference.encode("CamelCase they'll")] == [
+        "Camel", "Case", " they'll"]
+
+
+def test_a_damaged_quicktok_vocabulary_is_refused(tmp_path):
+    path = tmp_path / "o200k.vocab"
+    path.write_bytes(b"\x02\x00\x00\x00\x01\x00!\x00\x00\x00\x00\x01\x00")
+    with pytest.raises(ValueError, match="truncated"):
+        tiktoken_export.read_quicktok_vocab(path)
+    path.write_bytes(b"\x02\x00\x00\x00\x01\x00!\x00\x00\x00\x00")
+    with pytest.raises(ValueError, match="announces 2"):
+        tiktoken_export.read_quicktok_vocab(path)
 
 
 def test_long_words_take_the_heap_path_with_the_same_result(ours, cl100k):

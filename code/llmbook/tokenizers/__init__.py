@@ -12,7 +12,7 @@ Each module is one idea, building on the previous one:
 - :mod:`~llmbook.tokenizers.io`: saving and loading (our versioned JSON, and tiktoken's
   ``.tiktoken``);
 - :mod:`~llmbook.tokenizers.tiktoken_export`: to and from ``tiktoken.Encoding``; GPT-4's
-  ``cl100k_base``;
+  ``cl100k_base`` and GPT-4o's ``o200k_base``;
 - :mod:`~llmbook.tokenizers.baselines`: word-level, SentencePiece and HF tokenizers for
   comparison;
 - :mod:`~llmbook.tokenizers.display`: showing tokens (printable bytes, coloured text);
@@ -27,10 +27,11 @@ from llmbook.tokenizers.io import (
     TokenizerFileError, load, load_tiktoken, save, save_tiktoken,
 )
 from llmbook.tokenizers.regex import (
-    ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, PATTERNS, count_words,
+    ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, GPT4O_SPLIT_PATTERN, PATTERNS,
+    count_words,
 )
 from llmbook.tokenizers.tiktoken_export import (
-    cl100k_base, cl100k_encoding, from_tiktoken, to_tiktoken,
+    cl100k_base, cl100k_encoding, from_tiktoken, o200k_base, o200k_encoding, to_tiktoken,
 )
 from llmbook.tokenizers.tokenizer import (
     BPEConfig, DisallowedSpecialTokenError, Tokenizer, train_bpe,
@@ -38,8 +39,9 @@ from llmbook.tokenizers.tokenizer import (
 
 __all__ = [
     "BPEConfig", "DisallowedSpecialTokenError", "ENDOFTEXT", "GPT2_SPLIT_PATTERN",
-    "GPT4_SPLIT_PATTERN", "PATTERNS", "Tokenizer", "TokenizerFileError", "book_token_file",
-    "book_tokenizer", "cl100k_base", "cl100k_encoding", "cl100k_token_file", "count_words",
-    "from_tiktoken", "load", "load_tiktoken", "save", "save_tiktoken", "to_tiktoken",
+    "GPT4_SPLIT_PATTERN", "GPT4O_SPLIT_PATTERN", "PATTERNS", "Tokenizer",
+    "TokenizerFileError", "book_token_file", "book_tokenizer", "cl100k_base",
+    "cl100k_encoding", "cl100k_token_file", "count_words", "from_tiktoken", "load",
+    "load_tiktoken", "o200k_base", "o200k_encoding", "save", "save_tiktoken", "to_tiktoken",
     "train_bpe", "train_fast", "train_naive",
 ]

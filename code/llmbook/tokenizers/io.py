@@ -136,12 +136,17 @@ def _looks_like_tiktoken(raw: bytes) -> bool:
     return len(first) == 2 and first[1].isdigit()
 
 
+def tiktoken_text(ranks: Mapping[bytes, int]) -> str:
+    """Ranks in tiktoken's ``.tiktoken`` format: one ``<base64 token> <rank>`` line per
+    token, by rank. The bytes OpenAI publishes for its encodings are exactly this text."""
+    return "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n"
+                   for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+
+
 def save_tiktoken(tokenizer: Tokenizer, path: str | Path) -> Path:
     """Write the ranks in tiktoken's format (``tiktoken.load.load_tiktoken_bpe`` reads
     it)."""
-    lines = [f"{base64.b64encode(token).decode('ascii')} {rank}\n"
-             for token, rank in sorted(tokenizer.ranks.items(), key=lambda kv: kv[1])]
-    atomic_write_text(Path(path), "".join(lines))
+    atomic_write_text(Path(path), tiktoken_text(tokenizer.ranks))
     return Path(path)
 
 
