@@ -20,7 +20,9 @@ from llmbook.layers import (
     SinusoidalPositionalEncoding,
     sinusoidal_table,
 )
-from llmbook.costs import count_parameters, flops_per_token, kv_cache_bytes, kv_shape, matmul_parameters
+from llmbook.costs import (
+    count_parameters, flops_per_token, forward_cost, kv_cache_bytes, kv_shape, matmul_parameters, roofline_seconds,
+)
 from llmbook.model import GPT, PRESETS, GPTConfig
 
 # A tiny GPT-2-style config and variants that exercise every switch; small enough that each test is instant.
@@ -416,6 +418,51 @@ def test_flops_per_token_matches_flop_counter(name):
     # The 6N approximation is the same count without the attention term.
     attention_term = 12 * config.n_layer * T * config.d_model
     assert flops_per_token(config, T) - attention_term == 6 * matmul_parameters(config)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gqa-geglu"])
+def test_forward_cost_counts_a_prefill_and_a_cached_decode_step(name):
+    config = dataclasses.replace(VARIANTS[name], fused=False)  # attention as countable matmuls
+    model = make_model(config).eval().requires_grad_(False)  # FlopCounterMode fails under no_grad
+    B, T = 3, 10
+    prefill = forward_cost(config, batch_size=B, new_tokens=T)
+    assert prefill["flops"] == B * T * flops_per_token(config, T, training=False)
+    caches = model.new_kv_caches(B)
+    with FlopCounterMode(display=False) as counter:
+        model(random_ids(config, B, T), caches=caches)
+    assert counter.get_total_flops() == prefill["flops"]
+    decode = forward_cost(config, batch_size=B, new_tokens=1, context=T)
+    with FlopCounterMode(display=False) as counter:
+        model(random_ids(config, B, 1, seed=3), caches=caches)
+    assert counter.get_total_flops() == decode["flops"]
+    # the traffic: weights once, the cache read, one new key and value per layer written
+    kv = kv_shape(config)
+    weights = 2 * matmul_parameters(config)
+    assert decode["bytes"] == weights + kv_cache_bytes(**kv, seq_len=T + 1, batch_size=B)
+    assert decode["intensity"] == decode["flops"] / decode["bytes"]
+
+
+def test_decode_is_memory_bound_and_prefill_is_not():
+    config = GPTConfig.preset("llama2-7b")
+    decode = forward_cost(config, batch_size=1, new_tokens=1, context=1000)
+    prefill = forward_cost(config, batch_size=1, new_tokens=1000)
+    # bf16: 2 FLOPs per weight per token over 2 bytes per weight: about 1 FLOP per byte
+    assert 0.9 < decode["intensity"] <= 1.0
+    assert prefill["intensity"] > 500
+    peak, bandwidth = 989e12, 3.35e12  # H100 SXM
+    ridge = peak / bandwidth
+    assert decode["intensity"] < ridge < prefill["intensity"]
+    # memory-bound: the time is the bytes over the bandwidth; compute-bound: FLOPs over peak
+    t = roofline_seconds(decode["flops"], decode["bytes"], peak_flops=peak, bandwidth=bandwidth)
+    assert t == decode["bytes"] / bandwidth
+    t = roofline_seconds(prefill["flops"], prefill["bytes"], peak_flops=peak, bandwidth=bandwidth)
+    assert t == prefill["flops"] / peak
+    with pytest.raises(ValueError, match="exceeds the context length"):
+        forward_cost(config, batch_size=1, new_tokens=2, context=config.block_size)
+    with pytest.raises(ValueError, match="batch_size"):
+        forward_cost(config, batch_size=0, new_tokens=1)
+    with pytest.raises(ValueError, match="bandwidth"):
+        roofline_seconds(1.0, 1.0, peak_flops=1.0, bandwidth=0.0)
 
 
 def test_kv_cache_bytes():

@@ -1,5 +1,6 @@
-"""What a model costs, from its configuration alone: parameters, FLOPs and cache memory.
-Chapters 3 to 7 count with these formulas; a 7B model costs nothing to count.
+"""What a model costs, from its configuration alone: parameters, FLOPs, cache memory and
+the memory traffic of a forward pass. Chapters 3 to 7 count with these formulas; a 7B
+model costs nothing to count.
 
 Memory for training state (weights, gradients, optimizer moments) and activations is in
 :mod:`llmbook.memory`, measured against what autograd actually saves.
@@ -89,3 +90,45 @@ def kv_shape(config: GPTConfig) -> dict[str, int]:
     """The arguments of :func:`kv_cache_bytes` that a model's configuration fixes."""
     return {"n_layers": config.n_layer, "n_kv_heads": config.kv_heads,
             "head_dim": config.head_dim}
+
+
+def forward_cost(config: GPTConfig, *, batch_size: int, new_tokens: int, context: int = 0,
+                 bytes_per_value: int = 2) -> dict[str, float]:
+    """FLOPs and the least memory traffic of one forward pass that feeds ``new_tokens``
+    tokens to each of ``batch_size`` sequences after ``context`` tokens already in the KV
+    cache: a prefill is ``context=0, new_tokens=T``, a decode step ``new_tokens=1``.
+
+    ``flops``: each new token meets every weight matrix (``2 N``) and attends to the
+    ``context + new_tokens`` positions (``4 L (context + new_tokens) d``, the full product
+    as in :func:`flops_per_token`). ``bytes``: every weight matrix read once, the cache
+    read and the new keys and values written, at ``bytes_per_value``; activations are left
+    out (a fused kernel keeps most of them on chip), so ``bytes`` is a floor and
+    ``intensity = flops / bytes`` (FLOPs per byte) a ceiling.
+    """
+    if min(batch_size, new_tokens) < 1 or context < 0 or bytes_per_value < 1:
+        raise ValueError(f"need batch_size, new_tokens, bytes_per_value >= 1 and "
+                         f"context >= 0; got {batch_size}, {new_tokens}, "
+                         f"{bytes_per_value}, {context}")
+    if context + new_tokens > config.block_size:
+        raise ValueError(f"context + new_tokens = {context + new_tokens} exceeds the "
+                         f"context length block_size={config.block_size}")
+    tokens = batch_size * new_tokens
+    flops = tokens * (2 * matmul_parameters(config)
+                      + 4 * config.n_layer * (context + new_tokens) * config.d_model)
+    kv = {**kv_shape(config), "batch_size": batch_size, "bytes_per_value": bytes_per_value}
+    traffic = (bytes_per_value * matmul_parameters(config)
+               + (kv_cache_bytes(**kv, seq_len=context) if context else 0)
+               + kv_cache_bytes(**kv, seq_len=new_tokens))
+    return {"flops": float(flops), "bytes": float(traffic), "intensity": flops / traffic}
+
+
+def roofline_seconds(flops: float, nbytes: float, *, peak_flops: float,
+                     bandwidth: float) -> float:
+    """The roofline model's time for work of ``flops`` over ``nbytes`` of memory traffic:
+    whichever takes longer at the device's peak, the arithmetic (``flops / peak_flops``)
+    or the traffic (``nbytes / bandwidth``). The two are equal at an intensity of
+    ``peak_flops / bandwidth`` FLOPs per byte, the ridge point."""
+    if peak_flops <= 0 or bandwidth <= 0 or flops < 0 or nbytes < 0:
+        raise ValueError(f"need peak_flops, bandwidth > 0 and flops, nbytes >= 0; got "
+                         f"{peak_flops}, {bandwidth}, {flops}, {nbytes}")
+    return max(flops / peak_flops, nbytes / bandwidth)

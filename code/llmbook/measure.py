@@ -27,6 +27,10 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "A100": {"bfloat16": 312e12, "float32": 156e12},
 }
 
+# Memory bandwidth (bytes/s) of the same parts, from the same data sheets (A100: the 80 GB
+# SXM part).
+MEMORY_BANDWIDTH: dict[str, float] = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.039e12}
+
 
 def synchronize(device: torch.device | str) -> None:
     """Wait until a GPU has finished the work queued so far (CUDA runs asynchronously)."""

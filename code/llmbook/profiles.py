@@ -102,6 +102,10 @@ class ModelSettings:
     norm_lr: float
     # tokens generated when timing decoding with and without the KV cache
     gen_new_tokens: int
+    # batch sizes of the decode-step timing (GPT-2 small's shape), ascending, and the
+    # steps timed at each
+    decode_batches: tuple[int, ...]
+    decode_repeats: int
 
     def __post_init__(self) -> None:
         # tests/test_model.py checks the name against llmbook.model.PRESETS, so that this
@@ -111,9 +115,13 @@ class ModelSettings:
                              f"got {self.preset!r}")
         sizes = (self.overfit_batch_size, self.overfit_steps, self.norm_layers,
                  self.norm_block_size, self.norm_batch_size, self.norm_steps,
-                 self.gen_new_tokens)
+                 self.gen_new_tokens, self.decode_repeats, *self.decode_batches)
         if min(sizes) < 1:
             raise ValueError(f"model settings sizes must be positive, got {self}")
+        if len(self.decode_batches) < 2 or list(self.decode_batches) != sorted(
+                set(self.decode_batches)):
+            raise ValueError(f"decode_batches must be two or more increasing batch sizes, "
+                             f"got {self.decode_batches}")
         if not (self.overfit_lr > 0 and self.norm_lr > 0):
             raise ValueError(f"learning rates must be positive, got {self.overfit_lr}, "
                              f"{self.norm_lr}")
@@ -346,7 +354,8 @@ PROFILES: dict[str, Profile] = {
         model=ModelSettings(preset="book-cpu", overfit_batch_size=4, overfit_steps=200,
                             overfit_lr=1.5e-3, norm_layers=6, norm_block_size=64,
                             norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
-                            gen_new_tokens=256),
+                            gen_new_tokens=256, decode_batches=(1, 4, 16, 64),
+                            decode_repeats=10),
         train=TrainSettings(steps=1000, batch_size=16, grad_accum=1, lr=4e-3, min_lr=4e-4,
                             warmup_steps=20, weight_decay=0.1, beta1=0.9, beta2=0.99,
                             grad_clip=1.0, dropout=0.0, eval_interval=50,
@@ -386,7 +395,8 @@ PROFILES: dict[str, Profile] = {
         model=ModelSettings(preset="book-gpu", overfit_batch_size=16, overfit_steps=300,
                             overfit_lr=1e-3, norm_layers=6, norm_block_size=64,
                             norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
-                            gen_new_tokens=1024),
+                            gen_new_tokens=1024, decode_batches=(1, 16, 64, 256),
+                            decode_repeats=30),
         train=TrainSettings(steps=3000, batch_size=64, grad_accum=1, lr=1e-3, min_lr=1e-4,
                             warmup_steps=100, weight_decay=0.1, beta1=0.9, beta2=0.99,
                             grad_clip=1.0, dropout=0.2, eval_interval=250,
