@@ -125,6 +125,17 @@ def test_closed_form_frontier_minimises_the_loss_at_fixed_compute(law):
     assert ns[1] / ns[0] == pytest.approx(100**law.a)
 
 
+@pytest.mark.parametrize("law", [HOFFMANN, BESIROGLU])
+def test_flops_for_loss_inverts_the_frontier(law):
+    for flops in (1e18, 1e21, 1e24):
+        target = law.optimal_loss(flops)
+        assert budget.flops_for_loss(law, target) == pytest.approx(flops, rel=1e-9)
+    assert budget.flops_for_loss(law, law.E) == math.inf  # the irreducible loss: never
+    assert budget.flops_for_loss(law, law.E - 0.1) == math.inf
+    with pytest.raises(ValueError, match="finite"):
+        budget.flops_for_loss(law, math.nan)
+
+
 def test_published_exponents_and_constants():
     assert HOFFMANN.a == pytest.approx(0.28 / 0.62)  # the paper rounds it to 0.46
     assert BESIROGLU.a == pytest.approx(

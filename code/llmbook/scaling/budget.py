@@ -216,6 +216,21 @@ def tokens_for_loss(law: ChinchillaLaw, n_params, target_loss: float):
     return float(d) if d.ndim == 0 else d
 
 
+def flops_for_loss(law: ChinchillaLaw, target_loss: float) -> float:
+    """The smallest budget whose compute-optimal model reaches ``target_loss``; ``inf``
+    at or below the irreducible loss ``E``. On the frontier both terms of ``L - E`` fall as
+    the same power of ``C`` (``a alpha = b beta``), so ``L_opt(C) = E + K (C/6)^-g`` with
+    ``K = A G^-alpha + B G^beta`` and ``g = alpha beta / (alpha + beta)``, solved for
+    ``C``."""
+    if not math.isfinite(target_loss):
+        raise ValueError(f"target_loss must be finite, got {target_loss}")
+    if target_loss <= law.E:
+        return math.inf
+    k = law.A * law.G ** -law.alpha + law.B * law.G ** law.beta
+    g = law.alpha * law.beta / (law.alpha + law.beta)
+    return 6 * (k / (target_loss - law.E)) ** (1 / g)
+
+
 def inference_aware_optimum(
     law: ChinchillaLaw, target_loss: float, inference_tokens: float
 ) -> InferenceAwareChoice:
