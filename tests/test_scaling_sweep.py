@@ -87,9 +87,8 @@ def make_split(path: Path, ids: np.ndarray, name: str) -> TokenSplit:
     return TokenSplit(data.TokenFile(path / f"{name}.bin"), len(ids), name)
 
 
-def test_one_tiny_run_trains_once_then_comes_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
+def tiny_sweep(tmp_path: Path) -> tuple[dict[str, TokenSplit], ScalingSettings]:
+    """Byte-level splits of a repeated phrase, and a sweep of tiny shapes and budgets."""
     text = ("to be or not to be that is the question " * 400).encode()
     ids = np.frombuffer(text, dtype=np.uint8)
     splits = {"train": make_split(tmp_path, ids, "train"),
@@ -97,6 +96,13 @@ def test_one_tiny_run_trains_once_then_comes_from_the_cache(tmp_path, monkeypatc
     settings = dataclasses.replace(CPU.scaling, budgets=(1e8, 2e8, 4e8), n_layers=(1, 2, 3),
                                    width_per_layer=16, block_size=16, batch_size=4,
                                    min_steps=2, curve_points=4, eval_tokens=256)
+    return splits, settings
+
+
+def test_one_tiny_run_trains_once_then_comes_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    splits, settings = tiny_sweep(tmp_path)
     profile = dataclasses.replace(CPU, scaling=settings)
     plan = sweep.plan_sweep(profile, 256)[0]
     first = sweep.train_run(plan, splits)
@@ -117,13 +123,7 @@ def test_one_tiny_run_trains_once_then_comes_from_the_cache(tmp_path, monkeypatc
 def test_workers_train_the_runs_a_sequential_sweep_would(tmp_path, monkeypatch):
     # the same runs, in two worker processes of one thread each, and one after the other
     # in this process with one thread: equal to the last bit, and read back from the cache
-    text = ("to be or not to be that is the question " * 400).encode()
-    ids = np.frombuffer(text, dtype=np.uint8)
-    splits = {"train": make_split(tmp_path, ids, "train"),
-              "val": make_split(tmp_path, ids[:2000], "val")}
-    settings = dataclasses.replace(CPU.scaling, budgets=(1e8, 2e8, 4e8), n_layers=(1, 2, 3),
-                                   width_per_layer=16, block_size=16, batch_size=4,
-                                   min_steps=2, curve_points=4, eval_tokens=256)
+    splits, settings = tiny_sweep(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # two workers of one thread each
     try:
