@@ -15,6 +15,7 @@ never leaves a half-written artifact behind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ast
 import hashlib
 import importlib
@@ -76,8 +77,15 @@ def code_modules(root: str) -> list[ModuleType]:
 def _imported_llmbook_modules(module: ModuleType) -> list[str]:
     name = module.__name__
     package = name if hasattr(module, "__path__") else name.rpartition(".")[0]
+    return list(_imports_in_source(package, inspect.getsource(module)))
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_in_source(package: str, source: str) -> tuple[str, ...]:
+    # keyed by the source text itself: parsing is most of the cost of a cache lookup, and an
+    # edited module is parsed anew
     found = []
-    for node in ast.walk(ast.parse(inspect.getsource(module))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -87,7 +95,7 @@ def _imported_llmbook_modules(module: ModuleType) -> list[str]:
             found += [sub for sub in submodules if _is_module(sub)]
             if not all(map(_is_module, submodules)):
                 found.append(base)  # a name defined in ``base`` itself
-    return [m for m in found if m.split(".")[0] == "llmbook" and _is_module(m)]
+    return tuple(m for m in found if m.split(".")[0] == "llmbook" and _is_module(m))
 
 
 def _is_module(name: str) -> bool:
