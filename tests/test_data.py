@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 
 import numpy as np
@@ -297,6 +298,28 @@ def test_sampler_is_a_seeded_resumable_stream():
     assert [next(iter(resumed)) for _ in range(1)] == [first[17]]
     with pytest.raises(ValueError, match="seed"):
         batches.WindowBatchSampler(50, 4, seed=4).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("cut", [(4, 1, 2), (2, 2, 2), (1, 2, 4), (8, 1, 1), (2, 4, 1)])
+def test_every_cut_of_a_global_batch_reads_the_same_windows_each_step(cut):
+    """batch_size x world_size x accum = 8 windows per optimizer step, across epochs (53
+    windows: 6 steps per epoch, 5 windows dropped), and a position saved under one cut
+    resumes under another."""
+    batch_size, world, accum = cut
+    samplers = [batches.WindowBatchSampler(53, batch_size, seed=2, rank=r, world_size=world,
+                                           accum=accum) for r in range(world)]
+    streams = [iter(s) for s in samplers]
+    steps = [sorted(i for _ in range(accum) for it in streams for i in next(it))
+             for _ in range(14)]
+    reference = batches.WindowBatchSampler(53, 8, seed=2)
+    expected = [sorted(b) for b in itertools.islice(iter(reference), 14)]
+    assert steps == expected
+    moved = batches.WindowBatchSampler(53, 8, seed=2)
+    moved.load_state_dict(samplers[0].state_dict())
+    assert sorted(next(iter(moved))) == sorted(next(iter(reference)))
+    with pytest.raises(ValueError, match="whole number"):
+        batches.WindowBatchSampler(53, 3, seed=2).load_state_dict({"windows": 8, "seed": 2,
+                                                                   "num_windows": 53})
 
 
 def test_sampler_ranks_partition_each_epoch():

@@ -25,6 +25,7 @@ from llmbook.objectives import bits_per_char
 from llmbook.profiles import PROFILES
 from llmbook.train import CheckpointError, TokenSplit, TrainConfig, Trainer, evaluate
 from llmbook.train.__main__ import main as train_main
+from llmbook.train.checkpoint import CHECKPOINT_VERSION
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nO Romeo, Romeo, wherefore art "
         "thou Romeo?\n\n")
@@ -341,7 +342,7 @@ def test_checkpoint_holds_the_run_state(splits, tmp_path):
     trainer.fit(until=4, checkpoint_path=tmp_path / "ckpt.pt", checkpoint_interval=2)
     state = train.load_checkpoint(tmp_path / "ckpt.pt")
     assert {"model", "optimizer", "schedule", "data", "rng", "step", "config", "log"} <= set(state)
-    assert state["step"] == 4 and state["data"]["position"] == 4
+    assert state["step"] == 4 and state["data"]["windows"] == 4 * SETTINGS.batch_size
     assert state["schedule"]["total_steps"] == SETTINGS.steps
     assert not list(tmp_path.glob(".ckpt.pt.*"))  # no temporary files left behind
 
@@ -356,7 +357,7 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(splits, tmp_path):
     (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    (tmp_path / "future.pt").write_bytes(raw.replace(b"llmbook-checkpoint 2 ", b"llmbook-checkpoint 99 ", 1))
+    (tmp_path / "future.pt").write_bytes(raw.replace(f"llmbook-checkpoint {CHECKPOINT_VERSION} ".encode(), b"llmbook-checkpoint 99 ", 1))
     fresh = Trainer.for_text(make_config(), splits["train"], splits["val"])
     for name, match in [("flipped.pt", "corrupt or truncated"), ("truncated.pt", "corrupt or truncated"),
                         ("garbage.pt", "not an llmbook training checkpoint"),
@@ -573,11 +574,34 @@ def test_run_identity_leaves_out_the_device_and_includes_the_global_batch(splits
     assert "device" not in json.dumps(identity)
     assert identity["global_batch_tokens"] == config.tokens_per_step
     assert config.identity(world_size=4)["global_batch_tokens"] == 4 * config.tokens_per_step
+    # how the global batch is cut is not part of the run: 2 x 2 x 1 is 1 x 2 x 2 is 4 x 1
+    assert config.identity(world_size=2) == make_config(batch_size=2).identity(world_size=4) \
+        == make_config(batch_size=2, grad_accum=4).identity(world_size=1)
     trainer = Trainer.for_text(config, splits["train"], splits["val"])
     trainer.fit(until=1, checkpoint_path=tmp_path / "ckpt.pt")
     other = Trainer.for_text(config, splits["train"], splits["val"], rank=0, world_size=2)
     with pytest.raises(CheckpointError, match="global_batch_tokens"):
         other.resume(tmp_path / "ckpt.pt")
+
+
+def test_a_checkpoint_resumes_under_another_cut_of_the_same_global_batch(splits, tmp_path):
+    """Micro-batches of 4 for 3 steps, then micro-batches of 2 with 2 accumulation steps:
+    the same windows at every step, so the same run as 6 steps of either (within float
+    rounding: the two cuts sum the gradient in a different order)."""
+    straight = Trainer.for_text(make_config(), splits["train"], splits["val"])
+    straight.fit(until=6)
+    first = Trainer.for_text(make_config(), splits["train"], splits["val"])
+    first.fit(until=3, checkpoint_path=tmp_path / "ckpt.pt")
+    second = Trainer.for_text(make_config(batch_size=2, grad_accum=2), splits["train"],
+                              splits["val"])
+    second.resume(tmp_path / "ckpt.pt")
+    second.fit(until=6)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], value, rtol=0, atol=1e-5)
+    def losses(log: list[dict]) -> list[float]:
+        return [r[k] for r in log for k in ("loss", "val_loss") if k in r]
+
+    assert np.allclose(losses(second.log), losses(straight.log), atol=1e-5)
 
 
 def test_the_model_cache_key_follows_the_code_that_builds_it(monkeypatch):

@@ -20,7 +20,7 @@ from llmbook.model import GPTConfig
 from llmbook.parallel.dist import free_port, spawn
 from llmbook.parallel.experiments import trainer_runs, trainer_worker
 from llmbook.profiles import PROFILES
-from llmbook.train import TrainConfig
+from llmbook.train import TrainConfig, load_checkpoint
 from llmbook.train.__main__ import main as train_main
 from llmbook.train.distributed import data_parallel_wrap, launch_from_env
 
@@ -93,14 +93,18 @@ def test_command_line_multi_process_errors(monkeypatch):
 
 def test_trainer_on_two_processes_equals_one_process(token_file, tmp_path):
     """Two ranks with micro-batches of 2 (and 2 accumulation steps, under no_sync) train
-    the model one process trains on micro-batches of 4, under our DDP, torch's and FSDP2;
-    under FSDP a gathered checkpoint written at step 2 resumes to the same end."""
+    the model one process trains on micro-batches of 4, under our DDP, torch's and FSDP2.
+    Checkpoints are gathered, so they resume under any number of processes: one written
+    by FSDP at step 2 resumes under FSDP and in one process, and one written by one
+    process at step 2 resumes on two under our DDP, each to the same end."""
     single = trainer_worker(0, 1, "ddp", config(4), token_file, None, None)
-    ckpt = str(tmp_path / "checkpoint.pt")
+    ckpt, ckpt_single = str(tmp_path / "checkpoint.pt"), str(tmp_path / "single.pt")
+    trainer_worker(0, 1, "ddp", config(4), token_file, ckpt_single, 2)
     kinds = ("ddp", "torch-ddp", "fsdp")
     runs = [(kind, config(2), token_file, None, None) for kind in kinds]
     runs += [("fsdp", config(2), token_file, ckpt, 2), ("fsdp", config(2), token_file, ckpt,
-                                                          None)]
+                                                          None),
+             ("ddp", config(2), token_file, ckpt_single, None)]
     ranks = spawn(trainer_runs, 2, runs, timeout=300)
     for rank in ranks:
         for kind, run in zip(kinds, rank):
@@ -110,6 +114,13 @@ def test_trainer_on_two_processes_equals_one_process(token_file, tmp_path):
     fsdp, resumed = ranks[0][2], ranks[0][4]
     close(resumed["params"], fsdp["params"], atol=0.0)
     assert resumed["log"] == fsdp["log"]
+    one_to_two = ranks[0][5]
+    two_to_one = trainer_worker(0, 1, "ddp", config(4), token_file, ckpt, None)
+    assert load_checkpoint(ckpt)["step"] == load_checkpoint(ckpt_single)["step"] == 2
+    for run in (one_to_two, two_to_one):
+        close(run["params"], single["params"])
+        assert np.allclose([r["loss"] for r in run["log"]],
+                           [r["loss"] for r in single["log"]], atol=1e-6)
 
 
 # -- the command line under torchrun -----------------------------------------------------------

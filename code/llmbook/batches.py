@@ -126,26 +126,33 @@ class TokenWindows(Dataset):
 
 class WindowBatchSampler(Sampler[list[int]]):
     """Endless batches of window indices: each epoch a fresh seeded permutation, cut into
-    batches.
+    optimizer steps, each step into micro-batches.
 
     The stream is a pure function of (seed, position), so training can stop and resume
     exactly: save ``state_dict()`` with a checkpoint, ``load_state_dict`` it, and iteration
-    continues with the next batch. For data-parallel training each of ``world_size`` ranks
-    takes every ``world_size``-th batch.
+    continues with the next batch. For data-parallel training with ``accum`` micro-batches
+    per step, an optimizer step reads the next ``batch_size * world_size * accum`` windows
+    of the permutation, and rank ``r`` takes its ``i``-th micro-batch at offset
+    ``(i * world_size + r) * batch_size`` among them. A step therefore reads the same
+    windows however the global batch is cut into processes, micro-batches and accumulation,
+    and the saved position (windows dealt to all ranks) lets a run resume on another number
+    of processes.
     """
 
     def __init__(self, num_windows: int, batch_size: int, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        if batch_size < 1 or num_windows < batch_size * world_size:
-            raise ValueError(f"need at least batch_size * world_size = "
-                             f"{batch_size * world_size} windows per epoch, "
-                             f"have {num_windows}")
+                 world_size: int = 1, accum: int = 1):
+        if batch_size < 1 or accum < 1 or num_windows < batch_size * world_size * accum:
+            raise ValueError(f"need batch_size, accum >= 1 and at least batch_size * "
+                             f"world_size * accum = {batch_size * world_size * accum} "
+                             f"windows per epoch, have {num_windows} windows, batch_size "
+                             f"{batch_size}, accum {accum}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.accum = rank, world_size, accum
+        self.step_windows = batch_size * world_size * accum  # one optimizer step, all ranks
         # the remainder is dropped each epoch
-        self.batches_per_epoch = num_windows // (batch_size * world_size)
+        self.batches_per_epoch = num_windows // self.step_windows * accum
         self.position = 0  # batches this rank has taken so far
 
     def _permutation(self, epoch: int) -> Tensor:
@@ -154,23 +161,33 @@ class WindowBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            epoch, step = divmod(self.position, self.batches_per_epoch)
+            epoch, first = divmod(self.position, self.batches_per_epoch)
             perm = self._permutation(epoch)
-            for batch in range(step, self.batches_per_epoch):
-                start = (batch * self.world_size + self.rank) * self.batch_size
+            for batch in range(first, self.batches_per_epoch):
+                step, micro = divmod(batch, self.accum)
+                start = (step * self.step_windows
+                         + (micro * self.world_size + self.rank) * self.batch_size)
                 self.position += 1
                 yield perm[start : start + self.batch_size].tolist()
 
     def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed,
-                "num_windows": self.num_windows}
+        """The position as windows dealt to all ranks, which any cut of the same global
+        batch can continue from."""
+        return {"windows": self.position * self.batch_size * self.world_size,
+                "seed": self.seed, "num_windows": self.num_windows}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.seed or state.get("num_windows") != self.num_windows:
             raise ValueError(f"sampler state is for seed {state.get('seed')} and "
                              f"{state.get('num_windows')} windows, this sampler has seed "
                              f"{self.seed} and {self.num_windows} windows")
-        self.position = int(state["position"])
+        position, rest = divmod(int(state["windows"]), self.batch_size * self.world_size)
+        if rest:
+            raise ValueError(f"sampler state stopped after {state['windows']} windows, "
+                             f"not a whole number of this sampler's micro-batches of "
+                             f"{self.batch_size} x {self.world_size} ranks; resume with "
+                             "the global batch of the run that wrote it")
+        self.position = position
 
 
 class BatchStream:
@@ -185,12 +202,13 @@ class BatchStream:
     """
 
     def __init__(self, tokens: TokenFile, block_size: int, batch_size: int, *, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, accum: int = 1) -> None:
         self.ids = tokens.ids
         self.block_size = block_size
         self.windows = TokenWindows(tokens, block_size, stride=1)
         self.sampler = WindowBatchSampler(len(self.windows), batch_size, seed=seed,
-                                          rank=rank, world_size=world_size)
+                                          rank=rank, world_size=world_size,
+                                          accum=accum)
         self._batches: Iterator[list[int]] | None = None
 
     def next_batch(self) -> tuple[Tensor, Tensor]:

@@ -369,8 +369,9 @@ def trainer_worker(rank: int, world: int, parallel: str, config, token_file: str
     """The book's Trainer on ``world`` processes, wrapped as the command line wraps it
     (:func:`llmbook.train.distributed.data_parallel_wrap`), on a token file's windows
     sharded by rank. With ``stop`` it trains to that step and writes ``checkpoint``; with
-    ``checkpoint`` alone it resumes from it and finishes the run. Returns the whole
-    parameters (gathered under FSDP) and the log."""
+    ``checkpoint`` alone it resumes from it and finishes the run, leaving the file as it
+    was (other runs resume from it too). Returns the whole parameters (gathered under
+    FSDP) and the log."""
     from llmbook.batches import BatchStream
     from llmbook.data import TokenFile
     from llmbook.train import Trainer
@@ -378,13 +379,16 @@ def trainer_worker(rank: int, world: int, parallel: str, config, token_file: str
 
     s = config.settings
     stream = BatchStream(TokenFile(token_file), config.model.block_size, s.batch_size,
-                         seed=config.seed, rank=rank, world_size=world)
+                         seed=config.seed, rank=rank, world_size=world,
+                         accum=s.grad_accum)
     launch = Launch(rank, world, rank, torch.device("cpu"), "gloo")
     wrap = data_parallel_wrap(parallel, launch) if world > 1 else None
     trainer = Trainer(config, stream, rank=rank, world_size=world, wrap=wrap)
     if checkpoint is not None and stop is None:
         trainer.resume(checkpoint)
-    trainer.fit(until=stop, checkpoint_path=checkpoint)
+        trainer.fit()
+    else:
+        trainer.fit(until=stop, checkpoint_path=checkpoint)
     params = {k: v.detach().cpu().clone() for k, v in model_state(trainer.model).items()}
     log = [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")}
            for r in trainer.log]

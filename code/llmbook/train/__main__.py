@@ -13,7 +13,9 @@ Two machines: run this on each, HOST being the first machine's address::
         --out runs/fsdp --parallel fsdp
 
 ``--set batch_size=B`` is each process's micro-batch: the global batch is
-``B x grad_accum x processes`` sequences.
+``B x grad_accum x processes`` sequences. Checkpoints are gathered and record the global
+batch, not its cut, so ``--resume`` continues a run on another number of processes:
+started on 2 with ``batch_size=2``, it resumes on 1 with ``--set batch_size=4``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_FORMAT = "llmbook-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: the run's identity without the device, with the global batch
+# 2: the run's identity without the device, with the global batch; 3: without the
+# per-process batch, the data position in windows, the optimizer keyed by parameter names
+CHECKPOINT_VERSION = 3
 
 
 class CheckpointError(RuntimeError):

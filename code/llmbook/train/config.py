@@ -61,8 +61,13 @@ class TrainConfig:
 
     def identity(self, world_size: int = 1) -> dict:
         """What makes two runs the same run: this config and the global batch, in tokens per
-        optimizer step over all ``world_size`` processes."""
+        optimizer step over all ``world_size`` processes. How that batch is cut (processes,
+        micro-batch size, accumulation steps) is left out: every cut reads the same windows
+        at each step (:class:`~llmbook.batches.WindowBatchSampler`), so a checkpoint written
+        on 2 processes resumes on 1 or 4."""
         if world_size < 1:
             raise ValueError(f"world_size must be positive, got {world_size}")
-        return config_dict(self) | {"global_batch_tokens":
-                                    self.tokens_per_step * world_size}
+        identity = config_dict(self)
+        identity["settings"] = {k: v for k, v in identity["settings"].items()
+                                if k not in ("batch_size", "grad_accum")}
+        return identity | {"global_batch_tokens": self.tokens_per_step * world_size}

@@ -146,9 +146,9 @@ def load_model_state(model: nn.Module, state: dict) -> None:
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's state dict; gathered (keyed by parameter names) when sharded."""
-    if not is_sharded(model):
-        return optimizer.state_dict()
+    """The optimizer's state as whole tensors keyed by parameter names, sharded model or
+    not: ``optimizer.state_dict()`` keys them by position instead, a layout a sharded
+    optimizer does not share, so one format serves both."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer, options=_full_options())
@@ -156,9 +156,6 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict) -> None:
-    if not is_sharded(model):
-        optimizer.load_state_dict(state)
-        return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=_full_options())

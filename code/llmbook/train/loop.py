@@ -143,7 +143,8 @@ class Trainer:
         rank, world_size = options.get("rank", 0), options.get("world_size", 1)
         s = config.settings
         batches = BatchStream(train.tokens, config.model.block_size, s.batch_size,
-                              seed=config.seed, rank=rank, world_size=world_size)
+                              seed=config.seed, rank=rank, world_size=world_size,
+                              accum=s.grad_accum)
         return cls(config, batches, evaluator=TextEvaluator(train, val), **options)
 
     # -- one step -------------------------------------------------------------------------
