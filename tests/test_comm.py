@@ -43,3 +43,5 @@ def test_link_presets():
 def test_measure_allreduce_on_two_gloo_processes():
     times = comm.measure_allreduce([4, 4096], repeats=2)
     assert len(times) == 2 and all(t > 0 for t in times)
+    with pytest.raises(ValueError, match="repeats"):
+        comm.measure_allreduce([4096], repeats=0)

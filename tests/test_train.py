@@ -290,6 +290,31 @@ def test_train_settings_validation():
         dataclasses.replace(demos, overfit_dropout=1.0)
     with pytest.raises(ValueError, match="positive"):
         dataclasses.replace(demos, sample_tokens=0)
+    for factors in [(0.5, 2.0), (2.0, 1.0, 4.0), (0.0, 1.0, 2.0), (0.5, 0.7, 2.0)]:
+        with pytest.raises(ValueError, match="lr_sweep_factors"):
+            dataclasses.replace(demos, lr_sweep_factors=factors)
+
+
+def test_learning_rate_sweep_scales_the_schedule_with_the_rate(monkeypatch):
+    """Each run: the profile's peak and floor times the factor, its warm-up shortened in
+    proportion to the run, everything else the book model's."""
+    from llmbook.train import book
+
+    calls = []
+    monkeypatch.setattr(book, "pretrained_model",
+                        lambda profile, progress=False, **settings: calls.append(settings)
+                        or settings["lr"])
+    profile = PROFILES["cpu"]
+    s, d = profile.train, profile.train_demos
+    runs = book.learning_rate_sweep(profile)
+    assert list(runs) == list(d.lr_sweep_factors)
+    assert [c["lr"] for c in calls] == pytest.approx([s.lr * f for f in d.lr_sweep_factors])
+    assert [c["min_lr"] / c["lr"] for c in calls] == pytest.approx(
+        [s.min_lr / s.lr] * len(calls))
+    assert {c["steps"] for c in calls} == {d.lr_sweep_steps}
+    assert {c["warmup_steps"] for c in calls} == {
+        round(s.warmup_steps * d.lr_sweep_steps / s.steps)}
+    assert set(calls[0]) == {"steps", "lr", "min_lr", "warmup_steps"}
 
 
 def test_profiles_describe_the_book_runs():

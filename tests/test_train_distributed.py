@@ -183,8 +183,9 @@ def test_scale_settings_are_validated():
     from llmbook.profiles import ScaleSettings
 
     good = dict(seq_lens=(32, 64), batch_size=2, precision_steps=3, dp_steps=2,
-                allreduce_sizes=(64, 1024), repeats=1, mfu_steps=2)
+                allreduce_sizes=(64, 1024), allreduce_repeats=2, repeats=1, mfu_steps=2)
     ScaleSettings(**good)
-    for bad in ({"seq_lens": (64, 32)}, {"batch_size": 0}, {"allreduce_sizes": (64,)}):
+    for bad in ({"seq_lens": (64, 32)}, {"batch_size": 0}, {"allreduce_sizes": (64,)},
+                {"allreduce_repeats": 0}):
         with pytest.raises(ValueError):
             ScaleSettings(**(good | bad))

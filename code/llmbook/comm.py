@@ -15,6 +15,7 @@ so for large messages the time depends on the bytes and the bandwidth only, not 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -91,22 +92,22 @@ def free_port() -> int:
 
 def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeats: int,
                       results) -> None:
-    """One rank: time ``repeats`` all-reduces of each size (float32); the fastest."""
+    """One rank: ``repeats`` rounds, each timing one all-reduce of every size (float32);
+    the fastest of each size."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        best = []
-        for size in sizes:
-            x = torch.ones(size // 4)
+        buffers = [torch.ones(size // 4) for size in sizes]
+        for x in buffers:
             dist.all_reduce(x)  # warm-up: connections, buffers
-            times = []
-            for _ in range(repeats):
+        best = [math.inf] * len(sizes)
+        for _ in range(repeats):
+            for i, x in enumerate(buffers):
                 dist.barrier()
                 start = time.perf_counter()
                 dist.all_reduce(x)
-                times.append(time.perf_counter() - start)
-            best.append(min(times))  # other processes only ever add time
+                best[i] = min(best[i], time.perf_counter() - start)
         if rank == 0:
             results.put(best)
     finally:
@@ -114,15 +115,22 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
 
 
 def measure_allreduce(sizes: Sequence[int], *, world_size: int = 2,
-                      repeats: int = 5) -> list[float]:
-    """Fastest of ``repeats`` timings of a gloo all-reduce of each size in bytes,
-    between ``world_size`` local processes (spawned, one thread each). The minimum,
-    not the median: on a shared machine other processes only ever add time. Measured
-    on the book's 2-core machine, sizes 1 KB to 4 MB: alpha about 0.2 ms, beta about
-    0.75 GB/s, and the fitted model within 15% of every size."""
+                      repeats: int = 100) -> list[float]:
+    """Fastest of ``repeats`` timings of a gloo all-reduce of each size in bytes, between
+    ``world_size`` local processes (spawned, one thread each).
+
+    The minimum, not the median: on a shared machine other processes only ever add time.
+    Each round times every size once, so that a slow spell of the machine slows all sizes
+    alike instead of one. One call at a time, not the mean of a burst: back to back, the
+    ranks' communication threads compete for the cores. On the book's 2-core machine,
+    sizes 4 KB to 2 MB: with 3 repeats of each size in turn the fitted model was off by up
+    to 87% at one size; with 100 interleaved rounds (under a second), by at most 15%
+    over 4 runs, alpha 100 to 130 us and beta 2.2 to 2.9 GB/s."""
     if any(s < 4 for s in sizes):
         raise ValueError(f"sizes are bytes of float32 data, at least 4; got "
                          f"{list(sizes)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
     mp.start_processes(_allreduce_worker, nprocs=world_size, start_method="spawn",

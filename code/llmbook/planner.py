@@ -293,6 +293,12 @@ def gpu_book_costs(profile: Profile | None = None, *,
         _run_cost(5, "the book's model", book, steps=t.steps, batch_size=t.batch_size
                   * t.grad_accum, dtype=t.dtype,
                   eval_tokens=evals * 2 * t.eval_tokens + final_eval),
+        _run_cost(5, "learning-rate sweep", book,
+                  steps=len(d.lr_sweep_factors) * d.lr_sweep_steps,
+                  batch_size=t.batch_size * t.grad_accum, dtype=t.dtype,
+                  eval_tokens=len(d.lr_sweep_factors) * (
+                      (d.lr_sweep_steps // t.eval_interval + 1) * 2 * t.eval_tokens
+                      + final_eval)),
         _run_cost(5, "checkpoint and resume", small, steps=20 + 20,
                   batch_size=d.overfit_batch_size, dtype=t.dtype),
         _run_cost(5, "overfitting, with and without dropout", small,

@@ -193,12 +193,22 @@ class TrainDemoSettings:
     overfit_lr: float
     overfit_dropout: float  # the dropout it is compared with (against none)
     sample_tokens: int  # tokens generated for each sampling strategy
+    # the learning-rate sweep: the book's model at these multiples of its learning rate,
+    # each run lr_sweep_steps long with its schedule scaled to that length
+    lr_sweep_factors: tuple[float, ...]
+    lr_sweep_steps: int
 
     def __post_init__(self) -> None:
         sizes = (self.overfit_layers, self.overfit_width, self.overfit_train_tokens,
-                 self.overfit_batch_size, self.overfit_steps, self.sample_tokens)
+                 self.overfit_batch_size, self.overfit_steps, self.sample_tokens,
+                 self.lr_sweep_steps)
         if min(sizes) < 1:
             raise ValueError(f"train demo sizes must be positive integers, got {self}")
+        factors = self.lr_sweep_factors
+        if len(factors) < 3 or min(factors) <= 0 or list(factors) != sorted(set(factors)) \
+                or 1 not in factors:
+            raise ValueError("lr_sweep_factors must be at least three increasing positive "
+                             f"multiples of the learning rate, 1 among them, got {factors}")
         if not self.overfit_lr > 0:
             raise ValueError(f"overfit_lr must be positive, got {self.overfit_lr}")
         if not 0 <= self.overfit_dropout < 1:
@@ -216,12 +226,13 @@ class ScaleSettings:
     precision_steps: int  # the fp32 versus bf16-autocast run, in steps
     dp_steps: int  # steps of the data-parallel equality runs (2 gloo processes)
     allreduce_sizes: tuple[int, ...]  # bytes per measured all-reduce (the alpha-beta fit)
+    allreduce_repeats: int  # rounds over all sizes (the fastest of each size counts)
     repeats: int  # timing repeats (the fastest counts)
     mfu_steps: int  # steps of the MFU measurement (GPU only)
 
     def __post_init__(self) -> None:
         sizes = (self.batch_size, self.precision_steps, self.dp_steps, self.repeats,
-                 self.mfu_steps)
+                 self.mfu_steps, self.allreduce_repeats)
         if min(sizes) < 1 or not self.seq_lens or min(self.seq_lens) < 1:
             raise ValueError(f"scale sizes must be positive integers, got {self}")
         if list(self.seq_lens) != sorted(set(self.seq_lens)):
@@ -364,10 +375,12 @@ PROFILES: dict[str, Profile] = {
         train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=64,
                                       overfit_train_tokens=8192, overfit_batch_size=4,
                                       overfit_steps=300, overfit_lr=3e-3,
-                                      overfit_dropout=0.2, sample_tokens=120),
+                                      overfit_dropout=0.2, sample_tokens=120,
+                                      lr_sweep_factors=(0.25, 0.5, 1.0, 2.0, 4.0),
+                                      lr_sweep_steps=200),
         scale=ScaleSettings(seq_lens=(32, 64, 128, 256), batch_size=2, precision_steps=30,
                             dp_steps=3, allreduce_sizes=(2**12, 2**16, 2**19, 2**21),
-                            repeats=3, mfu_steps=20),
+                            allreduce_repeats=100, repeats=3, mfu_steps=20),
         align=AlignSettings(task="play", n_train=1000, n_test=300, batch_size=16,
                             sft_steps=150, sft_lr=1e-3, rm_steps=100, rm_lr=1e-3,
                             best_of=4, dpo_steps=60, dpo_lr=3e-4, dpo_beta=0.1,
@@ -406,11 +419,13 @@ PROFILES: dict[str, Profile] = {
         train_demos=TrainDemoSettings(overfit_layers=2, overfit_width=192,
                                       overfit_train_tokens=32768, overfit_batch_size=16,
                                       overfit_steps=1000, overfit_lr=1e-3,
-                                      overfit_dropout=0.2, sample_tokens=300),
+                                      overfit_dropout=0.2, sample_tokens=300,
+                                      lr_sweep_factors=(0.25, 0.5, 1.0, 2.0, 4.0),
+                                      lr_sweep_steps=600),
         scale=ScaleSettings(seq_lens=(256, 512, 1024, 2048), batch_size=4,
                             precision_steps=300, dp_steps=5,
-                            allreduce_sizes=(2**12, 2**16, 2**20, 2**23), repeats=5,
-                            mfu_steps=30),
+                            allreduce_sizes=(2**12, 2**16, 2**20, 2**23),
+                            allreduce_repeats=100, repeats=5, mfu_steps=30),
         align=AlignSettings(task="play", n_train=1150, n_test=350, batch_size=64,
                             sft_steps=600, sft_lr=3e-4, rm_steps=300, rm_lr=3e-4,
                             best_of=8, dpo_steps=300, dpo_lr=1e-4, dpo_beta=0.1,

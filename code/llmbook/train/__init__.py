@@ -14,7 +14,7 @@ Outside a notebook: ``python -m llmbook.train --profile cpu`` (``--help`` lists 
 options).
 """
 
-from llmbook.train.book import book_splits, pretrained_model
+from llmbook.train.book import book_splits, learning_rate_sweep, pretrained_model
 from llmbook.train.checkpoint import CheckpointError, load_checkpoint
 from llmbook.train.config import TrainConfig
 from llmbook.train.evaluation import EvalResult, TextEvaluator, TokenSplit, evaluate
@@ -24,5 +24,5 @@ from llmbook.train.pretrained import (Pretrained, PretrainSpec, cached_pretraine
 
 __all__ = ["CheckpointError", "EvalResult", "PretrainSpec", "Pretrained", "TextEvaluator",
            "TokenSplit", "TrainConfig", "Trainer", "book_splits", "cached_pretrained",
-           "evaluate", "finish_run", "load_checkpoint", "load_pretrained",
-           "pretrained_model"]
+           "evaluate", "finish_run", "learning_rate_sweep", "load_checkpoint",
+           "load_pretrained", "pretrained_model"]

@@ -61,3 +61,20 @@ def pretrained_model(profile: Profile, *, tokenizer: str = "book", progress: boo
                         splits["val"].tokens.meta["sha256"],
                         global_batch_tokens=run.tokens_per_step)
     return cached_pretrained(spec, splits, tok, device=profile.device, progress=progress)
+
+
+def learning_rate_sweep(profile: Profile, *, progress: bool = False) -> dict[float,
+                                                                             Pretrained]:
+    """The book's model trained at each multiple ``lr_sweep_factors`` of the profile's peak
+    learning rate (Chapter 5), keyed by the multiple. Each run is ``lr_sweep_steps`` long,
+    its warm-up scaled in proportion and its floor kept at the same fraction of its peak,
+    and is a cached artifact like the book's model."""
+    if not isinstance(profile, Profile):
+        raise TypeError("profile must be a llmbook.profiles.Profile, got "
+                        f"{type(profile).__name__}")
+    s, d = profile.train, profile.train_demos
+    warmup = max(1, round(s.warmup_steps * d.lr_sweep_steps / s.steps))
+    return {factor: pretrained_model(profile, progress=progress, steps=d.lr_sweep_steps,
+                                     lr=s.lr * factor, min_lr=s.min_lr * factor,
+                                     warmup_steps=warmup)
+            for factor in d.lr_sweep_factors}
