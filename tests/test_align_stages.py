@@ -161,6 +161,21 @@ def test_dpo_objective_equals_the_formula_on_hand_computed_logprobs():
     assert record["rejected_logp"] == pytest.approx(pr, abs=1e-6)
     assert record["margin"] == pytest.approx(margin, abs=1e-6)
     assert objective.count(batch) == 1
+    assert (record["positions"], record["context"]) == (4, 2)  # 2 answers x 2 positions
+
+
+def test_training_flops_count_each_pass_at_its_context():
+    from llmbook.costs import flops_per_token
+
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, d_model=32)
+    records = [{"positions": 40, "context": 10}, {"positions": 24, "context": 8}]
+    expected = sum(n * (flops_per_token(config, t) + 3 * flops_per_token(config, t,
+                                                                           training=False))
+                   for n, t in ((40, 10), (24, 8)))
+    assert objectives.training_flops(config, records, 3) == expected
+    # a training pass is a forward and a backward: three forwards' worth
+    assert objectives.training_flops(config, records[:1], 0) == pytest.approx(
+        3 * objectives.training_flops(config, records[:1], 1) / 4)
 
 
 def test_reward_objective_is_bradley_terry(tokenizer):
@@ -183,6 +198,8 @@ def test_group_rollouts_and_grpo_objective(tokenizer):
     assert batch["x"].shape[0] == 6 and batch["advantages"].shape == (6,)
     record = rollouts.records[-1]
     assert 0 <= record["constant_groups"] <= 2
+    assert (record["positions"], record["context"]) == (batch["x"].numel(),
+                                                        batch["x"].shape[1])
     # an untrained model never names a play: every group is constant, advantages 0
     assert record["constant_groups"] == 2 and not batch["advantages"].any()
     objective = objectives.GRPOObjective(kl=0.0)

@@ -24,6 +24,7 @@ from llmbook.align.losses import (bradley_terry_loss, clipped_policy_loss,
                                   constant_groups, dpo_loss, group_advantages, kl_k3,
                                   sequence_logprobs)
 from llmbook.align.sampling import decode_reply, sample_replies
+from llmbook.costs import flops_per_token
 from llmbook.objectives import masked_sum, token_log_probs
 
 
@@ -113,10 +114,28 @@ def response_logprobs(model, x: Tensor, y: Tensor, average: bool = False) -> Ten
     return sequence_logprobs(token_log_probs(logits, y), y != IGNORE_INDEX, average)
 
 
+def training_flops(config, records: Sequence[dict], forward_passes: int) -> float:
+    """The FLOPs of a post-training stage from its step records, each holding the
+    ``positions`` (batch x context, padding included: it is computed) and the ``context``
+    of its batch: per position one forward and backward pass of the policy plus
+    ``forward_passes`` forward passes (the reference's, or for GRPO also sampling and the
+    old log-probabilities), at :func:`llmbook.costs.flops_per_token`'s rates for that
+    context."""
+    return float(sum(
+        r["positions"] * (flops_per_token(config, r["context"])
+                          + forward_passes * flops_per_token(config, r["context"],
+                                                             training=False))
+        for r in records))
+
+
 class DPOObjective:
     """DPO (Rafailov et al., 2023) against a frozen ``reference``: chosen and rejected
     answers in one forward pass each model. Counts pairs; records the summed
-    log-probabilities, the implicit reward margin and the pair accuracy."""
+    log-probabilities, the implicit reward margin, the pair accuracy and the positions
+    computed (for :func:`training_flops`: the policy's forward and backward, and
+    ``forward_passes``, the reference's forward)."""
+
+    forward_passes = 1
 
     def __init__(self, reference: nn.Module, beta: float, average: bool = False):
         self.reference = reference.eval().requires_grad_(False)
@@ -136,7 +155,8 @@ class DPOObjective:
             "loss": float(out.loss.detach().mean()), "chosen_logp": float(seen[:B].mean()),
             "rejected_logp": float(seen[B:].mean()),
             "margin": float(out.margin.mean()),
-            "pair_accuracy": float((out.margin > 0).float().mean())})
+            "pair_accuracy": float((out.margin > 0).float().mean()),
+            "positions": x.numel(), "context": x.shape[1]})
         return out.loss.mean(), {"margin": out.margin.mean()}
 
     def count(self, batch) -> int:
@@ -148,9 +168,14 @@ class GroupRollouts:
     training items with the current ``policy``, rewards them with the task's checker
     and turns the rewards into group-normalised advantages. It also scores the answers
     under the policy as it was (the "old" log-probabilities of the ratio) and under the
-    reference (for the KL penalty). ``records`` says per step the mean reward and how
-    many groups had all rewards equal (no gradient from them). ``reward(item, answer)``
+    reference (for the KL penalty). ``records`` says per step the mean reward, how
+    many groups had all rewards equal (no gradient from them) and the positions computed
+    (for :func:`training_flops`): the objective's forward and backward, and
+    ``forward_passes``: sampling (one forward pass over every position, with a KV
+    cache), the old and the reference log-probabilities. ``reward(item, answer)``
     is the task's checker unless given (Chapter 8's reward-hacking run gives another)."""
+
+    forward_passes = 3
 
     def __init__(self, policy: nn.Module, reference: nn.Module, items, tokenizer, *,
                  prompts: int, group: int, temperature: float, max_new_tokens: int,
@@ -187,7 +212,8 @@ class GroupRollouts:
         self.records.append({
             "reward": float(rewards_t.mean()),
             "constant_groups": int(constant_groups(rewards_t).sum()),
-            "reply_tokens": float((y != IGNORE_INDEX).sum(1).float().mean())})
+            "reply_tokens": float((y != IGNORE_INDEX).sum(1).float().mean()),
+            "positions": x.numel(), "context": x.shape[1]})
         return {"x": x, "y": y, "advantages": group_advantages(rewards_t).flatten(),
                 "old_logprobs": old, "ref_logprobs": ref}
 
