@@ -1,9 +1,11 @@
 """What the build says and stages for the HTML edition: why a chapter runs, setup cells folded
-in HTML, each script once per page. No kernel is started here (the chapters are fabricated)."""
+in HTML, each script once per page; and how the PDF's tables share the line between columns.
+No kernel is started here (the chapters are fabricated)."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import nbformat
 import pytest
@@ -125,3 +127,96 @@ def test_refresh_target_reads_the_redirect_as_written():
     assert build.refresh_target('<META HTTP-EQUIV="refresh" content="5; url=../a b.html">') \
         == "../a b.html"
     assert build.refresh_target('<meta name="viewport" content="width=device-width">') is None
+
+
+def _latex_extension():
+    spec = importlib.util.spec_from_file_location(
+        "llmbook_latex", REPO_ROOT / "book" / "_ext" / "llmbook_latex.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(rst: str):
+    from docutils import nodes
+    from docutils.core import publish_doctree
+
+    return publish_doctree(rst, settings_overrides={"report_level": 4}).next_node(nodes.table)
+
+
+def test_pdf_table_columns_of_numbers_get_their_widest_cell():
+    """tabulary squeezes a column of numbers under a long header below its widest number (an
+    Overfull hbox that runs into the next column); such columns get a fixed width instead."""
+    latex = _latex_extension()
+    table = _table("""
+.. list-table::
+   :header-rows: 1
+
+   * - Preset
+     - Heads
+     - Parameters
+     - Weights
+     - Note
+   * - ``gpt2-medium``
+     - 16
+     - 354,823,168
+     - 710 MB
+     - a note long enough to wrap over several lines of its cell
+   * - ``llama2-7b``
+     - 32
+     - 6,738,415,616
+     - 13.5 GB
+     - short
+""")
+    spec = latex.column_spec(table, 10.0)
+    widths = [float(w) for w in re.findall(r"p\{([0-9.]+)pt\}", spec)]
+    assert spec.endswith("L") and len(widths) == 4
+    mono, serif, sans = (latex.text_width(text, font, 10.0) for text, font in
+                         (("gpt2-medium", latex.MONO), ("6,738,415,616", latex.SERIF),
+                          ("Heads", latex.SANS)))
+    assert mono == pytest.approx(66.0)  # FreeMono: 0.6 em a character
+    assert widths[0] == pytest.approx(mono + 0.5, abs=0.05)
+    assert widths[1] == pytest.approx(sans + 0.5, abs=0.05)  # the header is wider than "32"
+    assert widths[2] == pytest.approx(serif + 0.5, abs=0.05)
+    # a number with its unit, or with its interval, does not wrap at its spaces either
+    assert latex.NUMBER_CELL.fullmatch("0.61 [0.55, 0.67]") and latex.NUMBER_CELL.fullmatch("[42.0, 53.3]")
+    assert not latex.NUMBER_CELL.fullmatch("2.1 bits per character")
+    assert widths[3] == pytest.approx(
+        max(latex.text_width("13.5 GB", latex.SERIF, 10.0),
+            latex.text_width("Weights", latex.SANS, 10.0)) + 0.5, abs=0.05)
+    assert latex.text_width("6,738,415,616", latex.SERIF, 10.0) > latex.text_width(
+        "354,823,168", latex.SERIF, 10.0)
+
+
+def test_pdf_tables_without_fixed_columns_or_with_merged_cells_keep_sphinx_spec():
+    latex = _latex_extension()
+    prose = _table("""
+.. list-table::
+   :header-rows: 1
+
+   * - Model
+     - Verdict
+   * - the book model
+     - 2.1 bits
+""")
+    assert latex.column_spec(prose, 10.0) is None
+    merged = _table("""
++-------+-------+
+| a     | b     |
++=======+=======+
+| 1     | 2     |
++-------+-------+
+| 3 spans both  |
++---------------+
+""")
+    assert latex.column_spec(merged, 10.0) is None
+    maths = _table("""
+.. list-table::
+   :header-rows: 1
+
+   * - Scale
+     - n
+   * - :math:`\\sqrt{d}`
+     - 12
+""")
+    assert latex.column_spec(maths, 10.0).startswith("L>")
