@@ -51,3 +51,20 @@ def test_cross_reference_labels_are_unique_across_the_book():
             seen[label] = path.name
     assert seen, "no labels found: the pattern no longer matches the chapters"
     assert not clashes, f"duplicate labels (rename one): {clashes}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_exercises_close_the_chapter(path):
+    """A chapter ends with its Summary and Exercises: a cell inserted after them would print its
+    table or figure under the exercises (Chapter 8's meter runs once did). Only a hidden cell that
+    records values for the results appendix may follow."""
+    nb = nbformat.read(path, as_version=4)
+    headings = [(i, m.group(1)) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                for m in re.finditer(r"^## (.+)$", c.source, flags=re.M)]
+    assert [title for _, title in headings[-2:]] == ["Summary", "Exercises"], \
+        f"{path.name}: the last sections are {[t for _, t in headings[-2:]]}"
+    for cell in nb.cells[headings[-1][0] + 1:]:
+        assert cell.cell_type == "code" and "remove-input" in cell.metadata.get("tags", []), \
+            f"{path.name}: a visible cell follows the exercises: {cell.source[:60]!r}"
+        assert not re.search(r"\b(display|print)\(|\bplt\.|\.plot\(", cell.source), \
+            f"{path.name}: a cell after the exercises shows output: {cell.source[:60]!r}"
