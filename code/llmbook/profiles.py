@@ -367,7 +367,7 @@ PROFILES: dict[str, Profile] = {
                             norm_batch_size=16, norm_steps=120, norm_lr=3e-3,
                             gen_new_tokens=256, decode_batches=(1, 4, 16, 64),
                             decode_repeats=10),
-        train=TrainSettings(steps=1000, batch_size=16, grad_accum=1, lr=2e-3, min_lr=2e-4,
+        train=TrainSettings(steps=1600, batch_size=16, grad_accum=1, lr=2e-3, min_lr=2e-4,
                             warmup_steps=20, weight_decay=0.1, beta1=0.9, beta2=0.99,
                             grad_clip=1.0, dropout=0.0, eval_interval=50,
                             eval_tokens=4096, log_interval=10, dtype="float32",
