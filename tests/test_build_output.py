@@ -86,9 +86,9 @@ def test_setup_cell_is_tagged_once(stage):
     assert "tags" not in cells[2].metadata
 
 
-def _html_extension():
-    spec = importlib.util.spec_from_file_location(
-        "llmbook_html", REPO_ROOT / "book" / "_ext" / "llmbook_html.py")
+def _extension(name: str):
+    """One of the book's Sphinx extensions (book/_ext is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "book" / "_ext" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -101,7 +101,7 @@ def test_inline_script_registered_twice_is_written_once():
     scripts = [_JavaScript("_static/doctools.js"), _JavaScript("", body=body),
                _JavaScript("_static/sphinx-thebe.js", **{"async": "async"}),
                _JavaScript(None, body=body), _JavaScript("", body="let other = 1")]
-    unique = _html_extension().unique_scripts(scripts)
+    unique = _extension("llmbook_html").unique_scripts(scripts)
     assert unique == [scripts[0], scripts[1], scripts[2], scripts[4]]
 
 
@@ -129,14 +129,6 @@ def test_refresh_target_reads_the_redirect_as_written():
     assert build.refresh_target('<meta name="viewport" content="width=device-width">') is None
 
 
-def _latex_extension():
-    spec = importlib.util.spec_from_file_location(
-        "llmbook_latex", REPO_ROOT / "book" / "_ext" / "llmbook_latex.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _table(rst: str):
     from docutils import nodes
     from docutils.core import publish_doctree
@@ -147,7 +139,7 @@ def _table(rst: str):
 def test_pdf_table_columns_of_numbers_get_their_widest_cell():
     """tabulary squeezes a column of numbers under a long header below its widest number (an
     Overfull hbox that runs into the next column); such columns get a fixed width instead."""
-    latex = _latex_extension()
+    latex = _extension("llmbook_latex")
     table = _table("""
 .. list-table::
    :header-rows: 1
@@ -189,7 +181,7 @@ def test_pdf_table_columns_of_numbers_get_their_widest_cell():
 
 
 def test_pdf_tables_without_fixed_columns_or_with_merged_cells_keep_sphinx_spec():
-    latex = _latex_extension()
+    latex = _extension("llmbook_latex")
     prose = _table("""
 .. list-table::
    :header-rows: 1
