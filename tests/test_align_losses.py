@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 from llmbook.align import losses as L
-from llmbook.align.evaluate import bootstrap_ci
+from llmbook.align.evaluate import Estimate, bootstrap_ci, compare
 from llmbook.align.rewards import RewardModel
 from llmbook.model import GPT, GPTConfig
 from torch.distributions import Categorical, kl_divergence
@@ -204,3 +204,16 @@ def test_bootstrap_ci():
     assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+def test_compare_reads_intervals_not_means():
+    base = Estimate(0.40, 0.35, 0.45)
+    assert compare(Estimate(0.50, 0.46, 0.54), base) == "lies above"
+    assert compare(base, Estimate(0.50, 0.46, 0.54)) == "lies below"
+    # a higher mean whose interval reaches into the other's: the items cannot tell them apart
+    assert compare(Estimate(0.50, 0.44, 0.56), base) == "overlaps"
+    assert compare(Estimate(0.50, 0.45, 0.55), base) == "overlaps"  # touching ends overlap
+    assert compare(base, base) == "overlaps"
+    assert compare((0.5, 0.46, 0.54), (0.4, 0.35, 0.45)) == "lies above"  # plain tuples
+    with pytest.raises(ValueError, match="low <= high"):
+        compare((0.5, 0.6, 0.4), base)

@@ -41,3 +41,18 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return Estimate(float(values.mean()), float(low), float(high))
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> str:
+    """Where the interval of estimate ``a`` lies against that of ``b``, each
+    ``(mean, low, high)``: ``"lies above"`` (a's low end above b's high end), ``"lies
+    below"``, or ``"overlaps"``. Two overlapping intervals do not say that the means are
+    equal, only that these items cannot tell them apart."""
+    (_, a_low, a_high), (_, b_low, b_high) = a, b
+    if a_low > a_high or b_low > b_high:
+        raise ValueError(f"an interval needs low <= high, got {tuple(a)} and {tuple(b)}")
+    if a_low > b_high:
+        return "lies above"
+    if a_high < b_low:
+        return "lies below"
+    return "overlaps"
