@@ -5,6 +5,7 @@ cache."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import torch
 from llmbook import data
 from llmbook.costs import flops_per_token
 from llmbook.profiles import PROFILES, ScalingSettings
-from llmbook.scaling import sweep
+from llmbook.scaling import book, sweep
 from llmbook.scaling.accounting import parameter_count
 from llmbook.scaling.fit import Run
 from llmbook.train import Trainer
+from llmbook.train.config import TrainConfig
 from llmbook.train.evaluation import TokenSplit
 
 CPU = PROFILES["cpu"]
@@ -145,3 +147,51 @@ def test_workers_train_the_runs_a_sequential_sweep_would(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("must not retrain"))
     again = sweep.run_sweep(parallel, splits, 256, budgets=(1e8,))
     assert [r.val_loss for r in again] == [r.val_loss for r in together]
+
+
+# -- Chapter 5's budget spent as the law says (llmbook.scaling.book) --------------------
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_book_budget_is_chapter_5s_run_counted_like_the_sweep(name):
+    profile = PROFILES[name]
+    run, flops = book.book_budget(profile, 2048)
+    assert run == TrainConfig.for_profile(profile, vocab_size=2048)
+    s = profile.train
+    tokens = s.steps * s.batch_size * s.grad_accum * run.model.block_size
+    assert flops == flops_per_token(run.model) * tokens
+
+
+def test_nearest_shape_is_nearest_in_ratio():
+    counts = {n: parameter_count(sweep.shape_config(CPU, n, 2048)).total for n in range(1, 25)}
+    for n in (1, 3, 7, 12):  # an exact count gives its own depth
+        assert book.nearest_shape(CPU, counts[n], 2048) == n
+    # between two depths: the one nearer on a log scale, not on a linear one
+    mid = math.sqrt(counts[6] * counts[7])
+    assert book.nearest_shape(CPU, mid * 0.99, 2048) == 6
+    assert book.nearest_shape(CPU, mid * 1.01, 2048) == 7
+    assert book.nearest_shape(CPU, 1.0, 2048) == 1
+    assert book.nearest_shape(CPU, 1e12, 2048) == 24  # the largest depth searched
+    with pytest.raises(ValueError, match="n_params must be positive"):
+        book.nearest_shape(CPU, 0, 2048)
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_law_shaped_run_spends_chapter_5s_flops_at_its_context(name):
+    profile = PROFILES[name]
+    book_run, budget = book.book_budget(profile, 2048)
+    run = book.law_shaped_run(profile, 3, 2048, data="abc")
+    family = sweep.shape_config(profile, 3, 2048)
+    # the family's shape, with only the context changed to Chapter 5's
+    assert run.model == dataclasses.replace(family, block_size=book_run.model.block_size)
+    assert run.settings == sweep.run_settings(profile, run.settings.steps)
+    assert run.data == "abc" and run.seed == profile.seed
+    step_flops = flops_per_token(run.model) * run.tokens_per_step
+    assert abs(run.settings.steps * step_flops - budget) <= 0.5 * step_flops
+
+
+def test_law_shaped_run_refuses_a_budget_too_small():
+    tiny = dataclasses.replace(CPU, train=dataclasses.replace(CPU.train, steps=1,
+                                                              warmup_steps=0))
+    with pytest.raises(ValueError, match="fewer than min_steps"):
+        book.law_shaped_run(tiny, 3, 2048)

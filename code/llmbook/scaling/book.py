@@ -1,0 +1,73 @@
+"""The fitted law applied to the book itself: Chapter 5's pretraining budget spent on the
+shape the law calls compute-optimal, trained and scored like Chapter 5's model. Chapter 7.
+
+The law chooses ``N`` and ``D``; the shape is the member of the sweep's family
+(:func:`~llmbook.scaling.sweep.shape_config`) nearest that ``N`` on a log scale, given
+Chapter 5's context so that its loss compares with Chapter 5's model, and the sweep's
+recipe (:func:`~llmbook.scaling.sweep.run_settings`), under which the law was fitted.
+The run is a cached pretrained model (:func:`~llmbook.train.pretrained.cached_pretrained`)
+scored on every token of the validation and test plays, as Chapter 5's model is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from llmbook.costs import flops_per_token
+from llmbook.model import GPTConfig
+from llmbook.profiles import Profile
+from llmbook.scaling.accounting import parameter_count
+from llmbook.scaling.sweep import run_settings, shape_config
+from llmbook.train.book import book_splits
+from llmbook.train.config import TrainConfig
+from llmbook.train.pretrained import Pretrained, PretrainSpec, cached_pretrained
+
+
+def book_budget(profile: Profile, vocab_size: int) -> tuple[TrainConfig, float]:
+    """Chapter 5's run for ``profile`` and its training FLOPs, counted as the sweep counts
+    them (:func:`~llmbook.costs.flops_per_token`, attention included)."""
+    run = TrainConfig.for_profile(profile, vocab_size=vocab_size)
+    tokens = run.settings.steps * run.tokens_per_step
+    return run, float(flops_per_token(run.model)) * tokens
+
+
+def nearest_shape(profile: Profile, n_params: float, vocab_size: int,
+                  max_layers: int = 24) -> int:
+    """The depth of the sweep family's model whose parameter count (all of them, as
+    Hoffmann et al. counted) is nearest ``n_params`` in ratio, among 1 to ``max_layers``
+    layers."""
+    if not n_params > 0:
+        raise ValueError(f"n_params must be positive, got {n_params}")
+    counts = {n: parameter_count(shape_config(profile, n, vocab_size)).total
+              for n in range(1, max_layers + 1)}
+    return min(counts, key=lambda n: abs(math.log(counts[n] / n_params)))
+
+
+def law_shaped_run(profile: Profile, n_layer: int, vocab_size: int,
+                   data: str = "") -> TrainConfig:
+    """The family's ``n_layer``-layer model at Chapter 5's context, trained with the sweep's
+    recipe for as many whole steps of the sweep's batch as Chapter 5's FLOPs buy."""
+    book, flops = book_budget(profile, vocab_size)
+    model: GPTConfig = dataclasses.replace(shape_config(profile, n_layer, vocab_size),
+                                           block_size=book.model.block_size)
+    per_step = flops_per_token(model) * profile.scaling.batch_size * model.block_size
+    steps = round(flops / per_step)
+    if steps < profile.scaling.min_steps:
+        raise ValueError(f"Chapter 5's budget buys {steps} steps of the {n_layer}-layer "
+                         f"shape, fewer than min_steps={profile.scaling.min_steps}")
+    return TrainConfig(model, run_settings(profile, steps), seed=profile.seed, data=data)
+
+
+def law_shaped_model(profile: Profile, n_layer: int, *,
+                     progress: bool = False) -> Pretrained:
+    """:func:`law_shaped_run` trained on the book's splits (or read from the cache), its
+    summary holding the same scores as Chapter 5's model: bits per character on every
+    token of the validation and test plays, steps, tokens and training seconds."""
+    tok, splits = book_splits(profile)
+    run = law_shaped_run(profile, n_layer, tok.n_vocab,
+                         splits["train"].tokens.meta["sha256"])
+    spec = PretrainSpec(run, getattr(tok, "name", "book"),
+                        splits["val"].tokens.meta["sha256"],
+                        global_batch_tokens=run.tokens_per_step)
+    return cached_pretrained(spec, splits, tok, device=profile.device, progress=progress)
