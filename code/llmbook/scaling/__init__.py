@@ -8,5 +8,7 @@ budget, what loss to expect, and how sure we can be. Chapter 7.
   intervals; :mod:`~llmbook.scaling.synthetic`: runs drawn from a known law;
 - :mod:`~llmbook.scaling.budget`: budget tables, the data-constrained law and
   inference-aware budgeting;
+- :mod:`~llmbook.scaling.sweep`: the book's IsoFLOP sweep, each run a cached artifact;
+  :mod:`~llmbook.scaling.book`: Chapter 5's budget spent on the law's shape;
 - ``python -m llmbook.scaling``: the budget calculator.
 """
