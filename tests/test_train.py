@@ -691,3 +691,19 @@ def test_command_line_run_killed_and_resumed_equals_an_uninterrupted_run(tmp_pat
         return without_timings(log), summary
 
     assert read(killed) == read(tmp_path / "straight")
+
+
+def test_reading_a_modules_imports_imports_nothing_outside_llmbook():
+    # Looking up ``from tqdm.auto import tqdm`` as a possible submodule used to import
+    # tqdm.auto, whose warning then printed in five chapters; only llmbook's names count.
+    import subprocess
+    import sys
+
+    code = ("import sys; from llmbook.artifacts import _imports_in_source\n"
+            "src = 'from xml.dom.minidom import parseString\\nimport llmbook.model\\n'"
+            "'from llmbook import batches\\nfrom . import optim\\n'\n"
+            "found = _imports_in_source('llmbook', src)\n"
+            "print(sorted(found), 'xml.dom.minidom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "['llmbook.batches', 'llmbook.model', 'llmbook.optim'] False"

@@ -84,6 +84,8 @@ def _imported_llmbook_modules(module: ModuleType) -> list[str]:
 def _imports_in_source(package: str, source: str) -> tuple[str, ...]:
     # keyed by the source text itself: parsing is most of the cost of a cache lookup, and an
     # edited module is parsed anew
+    # only llmbook's names are looked up: finding ``tqdm.auto.tqdm`` would import
+    # ``tqdm.auto`` (and its warnings) or a whole library just to learn it is not ours
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -91,6 +93,8 @@ def _imports_in_source(package: str, source: str) -> tuple[str, ...]:
         elif isinstance(node, ast.ImportFrom):
             relative = "." * node.level + (node.module or "")
             base = importlib.util.resolve_name(relative, package)
+            if base.split(".")[0] != "llmbook":
+                continue
             submodules = [f"{base}.{alias.name}" for alias in node.names]
             found += [sub for sub in submodules if _is_module(sub)]
             if not all(map(_is_module, submodules)):
