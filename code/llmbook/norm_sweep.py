@@ -99,7 +99,7 @@ def norm_sweep(config: GPTConfig, ids: Tensor, *, lrs: tuple[float, ...], warmup
     keep = ("pre", max(spec.lrs), 0)
 
     def build(out: Path) -> None:
-        final, kept = {}, None
+        records, kept = [], None
         for position in POSITIONS:
             run_config = dataclasses.replace(config, norm_position=position)
             for lr in spec.lrs:
@@ -109,20 +109,18 @@ def norm_sweep(config: GPTConfig, ids: Tensor, *, lrs: tuple[float, ...], warmup
                     batches = random_batches(ids, config.block_size, batch_size, steps,
                                              seed, device)
                     losses = train_briefly(model, batches, lr, w)
-                    final[f"{position} {lr!r} {w}"] = float(np.mean(losses[-10:]))
+                    records.append({"position": position, "lr": lr, "warmup": w,
+                                    "loss": float(np.mean(losses[-10:]))})
                     if (position, lr, w) == keep:
                         kept = model
-        (out / "final.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
+        (out / "final.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
         buffer = io.BytesIO()
         torch.save({k: v.cpu() for k, v in kept.state_dict().items()}, buffer)
         (out / "model.pt").write_bytes(buffer.getvalue())
 
     path = cached_artifact("norm-sweep", spec, build)
-    raw = json.loads((path / "final.json").read_text(encoding="utf-8"))
-    final = {}
-    for key, value in raw.items():
-        position, lr, w = key.split()
-        final[position, float(lr), int(w)] = value
+    records = json.loads((path / "final.json").read_text(encoding="utf-8"))
+    final = {(r["position"], r["lr"], r["warmup"]): r["loss"] for r in records}
     model = GPT(dataclasses.replace(config, norm_position="pre"))
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu",
                                      weights_only=True))

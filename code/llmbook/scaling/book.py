@@ -14,11 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from llmbook.costs import flops_per_token
-from llmbook.model import GPTConfig
 from llmbook.profiles import Profile
-from llmbook.scaling.accounting import parameter_count
-from llmbook.scaling.sweep import run_settings, shape_config
+from llmbook.scaling.accounting import parameter_count, training_flops_of_config
+from llmbook.scaling.sweep import plan_run, shape_config
 from llmbook.train.book import book_splits
 from llmbook.train.config import TrainConfig
 from llmbook.train.pretrained import Pretrained, PretrainSpec, cached_pretrained
@@ -29,7 +27,7 @@ def book_budget(profile: Profile, vocab_size: int) -> tuple[TrainConfig, float]:
     them (:func:`~llmbook.costs.flops_per_token`, attention included)."""
     run = TrainConfig.for_profile(profile, vocab_size=vocab_size)
     tokens = run.settings.steps * run.tokens_per_step
-    return run, float(flops_per_token(run.model)) * tokens
+    return run, training_flops_of_config(run.model, tokens)
 
 
 def nearest_shape(profile: Profile, n_params: float, vocab_size: int,
@@ -47,16 +45,12 @@ def nearest_shape(profile: Profile, n_params: float, vocab_size: int,
 def law_shaped_run(profile: Profile, n_layer: int, vocab_size: int,
                    data: str = "") -> TrainConfig:
     """The family's ``n_layer``-layer model at Chapter 5's context, trained with the sweep's
-    recipe for as many whole steps of the sweep's batch as Chapter 5's FLOPs buy."""
+    recipe for as many whole steps of the sweep's batch as Chapter 5's FLOPs buy
+    (:func:`~llmbook.scaling.sweep.plan_run`)."""
     book, flops = book_budget(profile, vocab_size)
-    model: GPTConfig = dataclasses.replace(shape_config(profile, n_layer, vocab_size),
-                                           block_size=book.model.block_size)
-    per_step = flops_per_token(model) * profile.scaling.batch_size * model.block_size
-    steps = round(flops / per_step)
-    if steps < profile.scaling.min_steps:
-        raise ValueError(f"Chapter 5's budget buys {steps} steps of the {n_layer}-layer "
-                         f"shape, fewer than min_steps={profile.scaling.min_steps}")
-    return TrainConfig(model, run_settings(profile, steps), seed=profile.seed, data=data)
+    model = dataclasses.replace(shape_config(profile, n_layer, vocab_size),
+                                block_size=book.model.block_size)
+    return plan_run(profile, flops, model, data).run
 
 
 def law_shaped_model(profile: Profile, n_layer: int, *,

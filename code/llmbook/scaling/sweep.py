@@ -100,27 +100,30 @@ def run_settings(profile: Profile, steps: int) -> TrainSettings:
         compile=False, keep_best=False)
 
 
+def plan_run(profile: Profile, budget: float, model: GPTConfig,
+             data: str = "") -> PlannedRun:
+    """``model`` trained with the sweep's recipe for ``round(C / (flops_per_token *
+    tokens_per_step))`` steps of the sweep's batch. A run that would be shorter than
+    ``min_steps`` is an error: shrink the model or raise the budget."""
+    s: ScalingSettings = profile.scaling
+    steps = round(budget / (flops_per_token(model) * s.batch_size * model.block_size))
+    if steps < s.min_steps:
+        raise ValueError(
+            f"budget {budget:.3g} FLOPs buys {steps} steps of the {model.n_layer}-layer "
+            f"shape, fewer than min_steps={s.min_steps}: raise the budget or use smaller "
+            "shapes")
+    run = TrainConfig(model, run_settings(profile, steps), seed=profile.seed, data=data)
+    return PlannedRun(float(budget), run)
+
+
 def plan_sweep(profile: Profile, vocab_size: int, data: str = "",
                budgets=None) -> list[PlannedRun]:
-    """Every (budget, shape) run of ``profile.scaling``, smallest budget first; each run
-    trains ``round(C / (flops_per_token * tokens_per_step))`` steps. A run that would be
-    shorter than ``min_steps`` is an error: shrink the shapes or raise the budget."""
+    """Every (budget, shape) run of ``profile.scaling`` (:func:`plan_run`), smallest budget
+    first."""
     s: ScalingSettings = profile.scaling
-    plans = []
-    for budget in s.budgets if budgets is None else budgets:
-        for n_layer in s.n_layers:
-            model = shape_config(profile, n_layer, vocab_size)
-            per_step = flops_per_token(model) * s.batch_size * model.block_size
-            steps = round(budget / per_step)
-            if steps < s.min_steps:
-                raise ValueError(
-                    f"budget {budget:.3g} FLOPs buys {steps} steps of the {n_layer}-layer "
-                    f"shape, fewer than min_steps={s.min_steps}: raise the budget or "
-                    "use smaller shapes")
-            run = TrainConfig(model, run_settings(profile, steps), seed=profile.seed,
-                              data=data)
-            plans.append(PlannedRun(float(budget), run))
-    return plans
+    return [plan_run(profile, budget, shape_config(profile, n_layer, vocab_size), data)
+            for budget in (s.budgets if budgets is None else budgets)
+            for n_layer in s.n_layers]
 
 
 @dataclass(frozen=True)
