@@ -37,16 +37,20 @@ def char_ngram_bits_per_char(train_text: str, eval_text: str, order: int,
     if not train_text or not eval_text:
         raise ValueError("train_text and eval_text must be non-empty")
     # Characters as integers 0..|A|-1, vectorised: UTF-32 gives one code point per
-    # character.
+    # character. A table over code points numbers them in one pass, without sorting.
     points = np.frombuffer((train_text + eval_text).encode("utf-32-le"), dtype=np.uint32)
-    alphabet, symbols = np.unique(points, return_inverse=True)
-    A = len(alphabet)
+    present = np.zeros(int(points.max()) + 1, dtype=bool)
+    present[points] = True
+    A = int(present.sum())
+    symbols = (np.cumsum(present) - 1)[points]
     train, evals = symbols[: len(train_text)], symbols[len(train_text) :]
     # Each n-gram of the training text as one integer; sorted once, looked up by binary
-    # search.
+    # search. Its context (the n-gram less its last character) is code // A, so the sorted
+    # n-grams list each context's n-grams side by side: one sum per run gives its count.
     codes = _ngram_codes(train, order, A)
     ngrams, ngram_counts = np.unique(codes, return_counts=True)
-    contexts, context_counts = np.unique(codes // A, return_counts=True)
+    runs = np.flatnonzero(np.diff(ngrams // A, prepend=-1))
+    contexts, context_counts = (ngrams // A)[runs], np.add.reduceat(ngram_counts, runs)
     # the n-grams ending at positions order-1, order, ...
     queries = _ngram_codes(evals, order, A)
     p = ((_lookup(ngrams, ngram_counts, queries) + alpha)
