@@ -68,3 +68,20 @@ def test_exercises_close_the_chapter(path):
             f"{path.name}: a visible cell follows the exercises: {cell.source[:60]!r}"
         assert not re.search(r"\b(display|print)\(|\bplt\.|\.plot\(", cell.source), \
             f"{path.name}: a cell after the exercises shows output: {cell.source[:60]!r}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_figures_are_finished_where_they_are_drawn(path):
+    """Jupyter's inline backend prints every open figure at the end of the cell that drew it.
+    A figure opened in a cell whose output shows and finished in a later hidden cell is
+    printed half-drawn, without its axes' labels or legend (Chapters 4 and 7 once did);
+    a cell that opens a figure must close it."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or {"remove-output", "remove-cell"} & set(tags):
+            continue
+        if re.search(r"\bplt\.(subplots|figure)\(", cell.source):
+            assert "plt.close(" in cell.source, \
+                f"{path.name}: cell {cell.get('id')} opens a figure it does not close " \
+                f"(finish and close it in the same cell): {cell.source[:60]!r}"

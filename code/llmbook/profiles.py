@@ -228,7 +228,7 @@ class ScaleSettings:
     allreduce_sizes: tuple[int, ...]  # bytes per measured all-reduce (the alpha-beta fit)
     allreduce_repeats: int  # rounds over all sizes (the fastest of each size counts)
     repeats: int  # timing repeats (the fastest counts)
-    mfu_steps: int  # steps of the MFU measurement (GPU only)
+    mfu_steps: int  # timed steps of the step-speed measurements (compile, bf16, MFU)
 
     def __post_init__(self) -> None:
         sizes = (self.batch_size, self.precision_steps, self.dp_steps, self.repeats,
