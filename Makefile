@@ -93,8 +93,10 @@ book: setup
 lint: setup
 	$(PY) -m ruff check code tests benchmarks
 
+# On every core: many tests wait on the processes they start. (nbval stays on one: two
+# notebook kernels on two cores were slower than one.)
 unit: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 execute: setup
 	$(PY) -m llmbook.build --profile $(PROFILE) execute
