@@ -162,28 +162,55 @@ def test_book_budget_is_chapter_5s_run_counted_like_the_sweep(name):
     assert flops == flops_per_token(run.model) * tokens
 
 
-def test_nearest_shape_is_nearest_in_ratio():
-    counts = {n: parameter_count(sweep.shape_config(CPU, n, 2048)).total for n in range(1, 25)}
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_book_shape_scales_chapter_5s_model_in_depth(name):
+    profile = PROFILES[name]
+    book_model = book.book_budget(profile, 2048)[0].model
+    per_layer = book_model.d_model // book_model.n_layer
+    head = book_model.d_model // book_model.n_head
+    for n in (1, 2, 5):
+        m = book.book_shape(profile, n, 2048)
+        assert (m.n_layer, m.d_model, m.d_model // m.n_head) == (n, per_layer * n, head)
+        assert m.dropout == 0.0
+        assert dataclasses.replace(m, n_layer=book_model.n_layer, d_model=book_model.d_model,
+                                   n_head=book_model.n_head, dropout=book_model.dropout) \
+            == book_model  # nothing else changes
+    # Chapter 5's own depth gives Chapter 5's model (the cpu one trains without dropout)
+    assert book.book_shape(CPU, 4, 2048) == book.book_budget(CPU, 2048)[0].model
+    with pytest.raises(ValueError, match="n_layer must be positive"):
+        book.book_shape(CPU, 0, 2048)
+
+
+def test_book_shape_refuses_a_width_that_is_no_whole_number_of_heads():
+    odd = dataclasses.replace(CPU, model=dataclasses.replace(CPU.model, preset="gpt2-large"))
+    with pytest.raises(ValueError, match="width per layer"):
+        book.book_shape(odd, 2, 2048)  # 1280 wide in 36 layers: no whole width per layer
+
+
+@pytest.mark.parametrize("family", [sweep.shape_config, book.book_shape])
+def test_nearest_shape_is_nearest_in_ratio(family):
+    counts = {n: parameter_count(family(CPU, n, 2048)).total for n in range(1, 25)}
     for n in (1, 3, 7, 12):  # an exact count gives its own depth
-        assert book.nearest_shape(CPU, counts[n], 2048) == n
+        assert book.nearest_shape(CPU, counts[n], 2048, family=family) == n
     # between two depths: the one nearer on a log scale, not on a linear one
     mid = math.sqrt(counts[6] * counts[7])
-    assert book.nearest_shape(CPU, mid * 0.99, 2048) == 6
-    assert book.nearest_shape(CPU, mid * 1.01, 2048) == 7
-    assert book.nearest_shape(CPU, 1.0, 2048) == 1
-    assert book.nearest_shape(CPU, 1e12, 2048) == 24  # the largest depth searched
+    assert book.nearest_shape(CPU, mid * 0.99, 2048, family=family) == 6
+    assert book.nearest_shape(CPU, mid * 1.01, 2048, family=family) == 7
+    assert book.nearest_shape(CPU, 1.0, 2048, family=family) == 1
+    assert book.nearest_shape(CPU, 1e12, 2048, family=family) == 24  # the deepest searched
     with pytest.raises(ValueError, match="n_params must be positive"):
-        book.nearest_shape(CPU, 0, 2048)
+        book.nearest_shape(CPU, 0, 2048, family=family)
 
 
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
-def test_law_shaped_run_spends_chapter_5s_flops_at_its_context(name):
+@pytest.mark.parametrize("family", [sweep.shape_config, book.book_shape])
+def test_law_shaped_run_spends_chapter_5s_flops_at_its_context(name, family):
     profile = PROFILES[name]
     book_run, budget = book.book_budget(profile, 2048)
-    run = book.law_shaped_run(profile, 3, 2048, data="abc")
-    family = sweep.shape_config(profile, 3, 2048)
+    run = book.law_shaped_run(profile, 3, 2048, data="abc", family=family)
     # the family's shape, with only the context changed to Chapter 5's
-    assert run.model == dataclasses.replace(family, block_size=book_run.model.block_size)
+    assert run.model == dataclasses.replace(family(profile, 3, 2048),
+                                            block_size=book_run.model.block_size)
     assert run.settings == sweep.run_settings(profile, run.settings.steps)
     assert run.data == "abc" and run.seed == profile.seed
     step_flops = flops_per_token(run.model) * run.tokens_per_step

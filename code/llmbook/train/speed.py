@@ -119,36 +119,41 @@ VARIANTS = (("float32", False), ("bfloat16", False), ("float32", True),
 
 @dataclass(frozen=True)
 class SpeedSpec:
-    """The key of a set of speed measurements: the run, the device type and the CPU
-    threads, the (dtype, compile) variants and the step counts."""
+    """The key of a set of speed measurements: the runs, the device type and the CPU
+    threads, and the step counts."""
 
-    run: TrainConfig
+    runs: tuple[TrainConfig, ...]
     device: str
     threads: int
-    variants: tuple[tuple[str, bool], ...]
     steps: int
     warmup: int
 
 
-def step_speeds(run: TrainConfig, *, device: str | torch.device, steps: int,
-                warmup: int = 2,
-                variants: tuple[tuple[str, bool], ...] = VARIANTS) -> list[dict]:
-    """:func:`time_steps` of ``run`` in each ``(dtype, compile)`` variant, in order; cached,
-    keyed by the run, the variants, the device type and PyTorch's CPU threads (the figures
-    are this machine's: a fresh cache measures again)."""
+def cached_time_steps(runs: Sequence[TrainConfig], *, device: str | torch.device,
+                      steps: int, warmup: int = 2) -> list[dict]:
+    """:func:`time_steps` of ``runs``, cached: keyed by the runs, the device type and
+    PyTorch's CPU threads (the figures are this machine's: a fresh cache measures again)."""
     device = torch.device(device)
-    variants = tuple((str(dtype), bool(compiled)) for dtype, compiled in variants)
-    unknown = [dtype for dtype, _ in variants if dtype not in ("float32", "bfloat16")]
-    if not variants or unknown:
-        raise ValueError(f"variants must be (dtype, compile) pairs with dtype 'float32' or "
-                         f"'bfloat16', got {variants}")
-    spec = SpeedSpec(run, device.type, torch.get_num_threads(), variants, steps, warmup)
+    spec = SpeedSpec(tuple(runs), device.type, torch.get_num_threads(), steps, warmup)
 
     def build(out: Path) -> None:
-        runs = [dataclasses.replace(run, settings=dataclasses.replace(
-            run.settings, dtype=dtype, compile=compiled)) for dtype, compiled in variants]
         result = time_steps(runs, device=device, steps=steps, warmup=warmup)
         (out / "speed.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
     path = cached_artifact("step-speed", spec, build)
     return json.loads((path / "speed.json").read_text(encoding="utf-8"))
+
+
+def step_speeds(run: TrainConfig, *, device: str | torch.device, steps: int,
+                warmup: int = 2,
+                variants: tuple[tuple[str, bool], ...] = VARIANTS) -> list[dict]:
+    """:func:`cached_time_steps` of ``run`` in each ``(dtype, compile)`` variant, in
+    order."""
+    variants = tuple((str(dtype), bool(compiled)) for dtype, compiled in variants)
+    unknown = [dtype for dtype, _ in variants if dtype not in ("float32", "bfloat16")]
+    if not variants or unknown:
+        raise ValueError(f"variants must be (dtype, compile) pairs with dtype 'float32' or "
+                         f"'bfloat16', got {variants}")
+    runs = [dataclasses.replace(run, settings=dataclasses.replace(
+        run.settings, dtype=dtype, compile=compiled)) for dtype, compiled in variants]
+    return cached_time_steps(runs, device=device, steps=steps, warmup=warmup)
