@@ -95,6 +95,12 @@ def test_speeds_are_measured_once_per_variant_then_read(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
     speed.step_speeds(tiny_run(), device="cpu", steps=5, variants=variants)
     assert len(calls) == 6  # other CPU threads: another measurement
+    other = tiny_run(lr=1e-2)
+    measured = speed.cached_time_steps([tiny_run(), other], device="cpu", steps=5)
+    assert len(calls) == 8 and len(measured) == 2  # other runs: another measurement
+    assert speed.cached_time_steps([tiny_run(), other], device="cpu", steps=5) == measured
+    speed.cached_time_steps([other, tiny_run()], device="cpu", steps=5)
+    assert len(calls) == 10  # the same runs in another order are measured in that order
 
 
 @pytest.mark.parametrize("variants", [(), (("float16", False),)])
