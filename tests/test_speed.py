@@ -114,3 +114,5 @@ def test_bad_step_counts_and_runs_are_refused():
         speed.time_steps([tiny_run()], device="cpu", steps=0)
     with pytest.raises(TypeError, match="TrainConfig"):
         speed.time_steps([], device="cpu", steps=2)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        speed.cached_time_steps([tiny_run().model], device="cpu", steps=2)

@@ -133,6 +133,8 @@ def cached_time_steps(runs: Sequence[TrainConfig], *, device: str | torch.device
                       steps: int, warmup: int = 2) -> list[dict]:
     """:func:`time_steps` of ``runs``, cached: keyed by the runs, the device type and
     PyTorch's CPU threads (the figures are this machine's: a fresh cache measures again)."""
+    if not runs or not all(isinstance(run, TrainConfig) for run in runs):
+        raise TypeError("runs must be a non-empty sequence of TrainConfig")
     device = torch.device(device)
     spec = SpeedSpec(tuple(runs), device.type, torch.get_num_threads(), steps, warmup)
 
